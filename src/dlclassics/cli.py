@@ -1,0 +1,190 @@
+"""The `dlclassics` command: list | run | runs | data.
+
+User errors (UsageError, exit 2; RunError, exit 1) are printed as one line without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from dlclassics import __version__, registry
+from dlclassics.config import describe, load_toml, parse_assignments, resolve
+from dlclassics.errors import RunError, UsageError
+
+DEFAULT_RUNS = Path("runs")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises UsageError instead of printing usage and exiting."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(f"{message} (see 'dlclassics {self.prog.split()[-1]} --help')"
+                         if " " in self.prog else f"{message} (see 'dlclassics --help')")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="dlclassics", description="Classic deep-learning course experiments.")
+    parser.add_argument("--version", action="version", version=f"dlclassics {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    listing = commands.add_parser("list", help="list the experiments, or the options of one")
+    listing.add_argument("experiment", nargs="?")
+
+    run = commands.add_parser("run", help="run an experiment")
+    run.add_argument("experiment")
+    run.add_argument("--recipe", choices=("seed", "tuned"), default="tuned",
+                     help="seed = the source's hyperparameters; tuned (default) = ours, same or better, faster")
+    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config option")
+    run.add_argument("--config", type=Path, help="TOML file of option values")
+    run.add_argument("--dataset", help="dataset for experiments that accept several (mnist, fashion-mnist, ...)")
+    run.add_argument("--epochs", type=int)
+    run.add_argument("--seed", type=int)
+    run.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"))
+    run.add_argument("--quick", action="store_true", help="tiny smoke-test size")
+    run.add_argument("--data-dir", type=Path, help="folder holding the datasets (or one dataset's files)")
+    run.add_argument("--carve-test", type=float, default=0.0, metavar="FRACTION",
+                     help="when only one split exists, carve a deterministic test split of this fraction")
+    run.add_argument("--out", type=Path, default=DEFAULT_RUNS, help="root folder of run folders (default: runs)")
+    run.add_argument("--resume", nargs="?", const="latest", metavar="RUN_DIR",
+                     help="continue an interrupted run (default: the latest incomplete one)")
+    run.add_argument("--workers", type=int, default=1, help="local processes for hyperparameter searches")
+    run.add_argument("--storage", help="Optuna database URL shared by workers on many machines")
+    run.add_argument("--from-run", type=Path, help="an earlier run folder this experiment builds on")
+    run.add_argument("--dry-run", action="store_true", help="print the resolved config and stop")
+    run.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    runs = commands.add_parser("runs", help="recent finished runs with their key metrics")
+    runs.add_argument("experiment", nargs="?")
+    runs.add_argument("--out", type=Path, default=DEFAULT_RUNS)
+    runs.add_argument("--limit", type=int, default=20)
+
+    data = commands.add_parser("data", help="dataset status and download")
+    data_commands = data.add_subparsers(dest="data_command", required=True, parser_class=_Parser)
+    status = data_commands.add_parser("status", help="where each dataset was found, per split")
+    status.add_argument("names", nargs="*")
+    status.add_argument("--data-dir", type=Path)
+    fetch = data_commands.add_parser("fetch", help="download a dataset into the user cache and verify it")
+    fetch.add_argument("name")
+    fetch.add_argument("--to", type=Path, help="folder to download into (default: the user cache)")
+    return parser
+
+
+def config_layers(module: Any, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Override layers in precedence order: recipe, quick size, TOML file, shortcut flags, --set."""
+    shortcuts = {name: getattr(args, name) for name in ("dataset", "epochs", "seed", "device")
+                 if getattr(args, name) is not None}
+    return [module.RECIPES.get(args.recipe, {}),
+            {**module.QUICK, "quick": True} if args.quick else {},
+            load_toml(args.config) if args.config else {},
+            shortcuts,
+            parse_assignments(args.set)]
+
+
+def command_list(args: argparse.Namespace) -> int:
+    if args.experiment:
+        module = registry.load(args.experiment)
+        print(f"{args.experiment}: {module.TITLE}\n")
+        for name, kind, default, help_text in describe(module.Config):
+            print(f"  {name:<22} {kind:<6} {default!s:<12} {help_text}")
+        seed = module.RECIPES.get("seed", {})
+        print(f"\n  seed recipe: {', '.join(f'{k}={v}' for k, v in seed.items()) or '(same as defaults)'}")
+        return 0
+    for experiment_id in registry.EXPERIMENTS:
+        print(f"{experiment_id:<22} {registry.load(experiment_id).TITLE}")
+    return 0
+
+
+def command_run(args: argparse.Namespace) -> int:
+    from dlclassics.runs import latest_incomplete
+
+    module = registry.load(args.experiment)
+    config = resolve(module.Config, *config_layers(module, args))
+    if not 0.0 <= args.carve_test < 1.0:
+        raise UsageError(f"--carve-test must be a fraction in [0, 1); got {args.carve_test}")
+    if args.dry_run:
+        import dataclasses
+
+        print(json.dumps({"experiment": args.experiment, "config": dataclasses.asdict(config)}, indent=2))
+        return 0
+    resume_dir = None
+    if args.resume == "latest":
+        resume_dir = latest_incomplete(args.out, args.experiment)
+        if resume_dir is None:
+            raise UsageError(f"--resume: no interrupted run of '{args.experiment}' under {args.out}")
+    elif args.resume:
+        resume_dir = Path(args.resume)
+        if not (resume_dir / "config.json").is_file():
+            raise UsageError(f"--resume: {resume_dir} is not a run folder")
+    report = execute(module, args.experiment, config, args, resume_dir)
+    print(report)
+    return 0
+
+
+def execute(module: Any, experiment_id: str, config: Any, args: argparse.Namespace,
+            resume_dir: Path | None) -> Path:
+    """Run one experiment into its run folder and return the report's path."""
+    from dlclassics.engine import resolve_device
+    from dlclassics.runs import Run, atomic_write_json, config_record, finish, new_run_dir, write_report
+
+    device = resolve_device(config.device)
+    folder = resume_dir or new_run_dir(args.out, experiment_id)
+    run = Run(experiment=experiment_id, dir=folder, config=config, device=device, data_dir=args.data_dir,
+              carve_test=args.carve_test, quiet=args.quiet, resume=resume_dir is not None,
+              workers=args.workers, storage=args.storage, from_run=args.from_run)
+    atomic_write_json(folder / "config.json", config_record(run))
+    started = time.perf_counter()
+    try:
+        metrics = module.run(config, run)
+    except KeyboardInterrupt:
+        raise RunError(f"interrupted; continue with: dlclassics run {experiment_id} --resume {folder}") from None
+    metrics = {**metrics, "wall_time_s": round(time.perf_counter() - started, 2)}
+    atomic_write_json(folder / "metrics.json", metrics)
+    write_report(run, module.TITLE, metrics, module.REFERENCES)
+    return finish(run) / "report.md"
+
+
+def command_runs(args: argparse.Namespace) -> int:
+    from dlclassics.runs import format_number, list_runs
+
+    rows = list_runs(args.out, args.experiment)[: args.limit]
+    if not rows:
+        print(f"no finished runs under {args.out}")
+    for row in rows:
+        keys = [k for k in row["metrics"] if k.startswith(("test_", "val_", "best_")) or k == "wall_time_s"][:5]
+        summary = ", ".join(f"{k}={format_number(row['metrics'][k])}" for k in keys)
+        print(f"{row['experiment']:<22} {Path(row['path']).name:<26} {summary}")
+    return 0
+
+
+def command_data(args: argparse.Namespace) -> int:
+    from dlclassics.data import images
+
+    if args.data_command == "fetch":
+        from dlclassics.data.fetch import fetch
+
+        print(f"{args.name}: downloaded and verified in {fetch(args.name, args.to)}")
+        return 0
+    bad = 0
+    for name in args.names or list(images.IMAGE_DATASETS):
+        folder, splits = images.status(name, args.data_dir)
+        for split in splits:
+            print(f"{name:<14} {split.split:<6} {split.state:<8} {split.detail}")
+            bad += split.state == "corrupt"
+        if folder is not None and {s.state for s in splits} == {"ok", "missing"}:
+            print(f"{name:<14} {'':<6} partial  only some splits are present; use --carve-test to split them")
+    return 1 if bad else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        handler = {"list": command_list, "run": command_run, "runs": command_runs, "data": command_data}
+        return handler[args.command](args)
+    except (UsageError, RunError) as exc:
+        print(f"dlclassics: error: {exc}", file=sys.stderr)
+        return exc.exit_code

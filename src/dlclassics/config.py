@@ -1,0 +1,133 @@
+"""Experiment configs: dataclasses whose fields carry a help line and their valid range.
+
+Every experiment's `Config` subclasses `BaseConfig`. Values arrive as defaults, a recipe preset,
+a TOML file and `--set key=value` strings; all of them go through `resolve`, which coerces to the
+field's type and validates in one place, without side effects.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import typing
+from pathlib import Path
+from typing import Any
+
+from dlclassics.errors import UsageError
+
+
+def option(default: Any, help: str, *, low: float | None = None, high: float | None = None,
+           choices: tuple | None = None, low_open: bool = False) -> Any:
+    """A config field with a one-line description and its valid range.
+
+    `low`/`high` bound numbers (inclusive unless `low_open`), `choices` lists the allowed values.
+    """
+    meta = {"help": help, "low": low, "high": high, "choices": choices, "low_open": low_open}
+    return dataclasses.field(default=default, metadata=meta)
+
+
+@dataclasses.dataclass(frozen=True)
+class BaseConfig:
+    """Fields every experiment has."""
+
+    seed: int = option(0, "seed for torch, numpy and python; the same seed gives the same numbers", low=0)
+    device: str = option("auto", "where to compute", choices=("auto", "cpu", "cuda", "mps"))
+    quick: bool = option(False, "tiny smoke-test size: a few hundred examples, one or two epochs")
+
+
+def field_types(cls: type) -> dict[str, type]:
+    """The resolved type of each config field (annotations are strings under `from __future__`)."""
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _coerce(name: str, kind: type, value: Any) -> Any:
+    """Turn a TOML value or a `--set` string into the field's type, or say why not."""
+    try:
+        if kind is bool:
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        if kind is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            return int(str(value).strip()) if isinstance(value, str) else int(value)
+        if kind is float:
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        if kind is str:
+            return str(value)
+        if typing.get_origin(kind) is tuple:
+            item = typing.get_args(kind)[0]
+            parts = value if isinstance(value, (list, tuple)) else [p for p in str(value).split(",") if p.strip()]
+            return tuple(_coerce(name, item, part) for part in parts)
+    except ValueError:
+        pass
+    else:
+        raise UsageError(f"option '{name}' has an unsupported type {kind!r}")
+    raise UsageError(f"option '{name}' expects {getattr(kind, '__name__', kind)}, got {value!r}")
+
+
+def _check_range(name: str, value: Any, meta: typing.Mapping[str, Any]) -> None:
+    choices, low, high = meta.get("choices"), meta.get("low"), meta.get("high")
+    if choices is not None and value not in choices:
+        raise UsageError(f"option '{name}' must be one of {', '.join(map(str, choices))}; got {value!r}")
+    values = value if isinstance(value, tuple) else (value,)
+    if low is not None and any(v < low or (meta.get("low_open") and v == low) for v in values):
+        relation = ">" if meta.get("low_open") else ">="
+        raise UsageError(f"option '{name}' must be {relation} {low}; got {value!r}")
+    if high is not None and any(v > high for v in values):
+        raise UsageError(f"option '{name}' must be <= {high}; got {value!r}")
+
+
+def resolve(cls: type, *layers: typing.Mapping[str, Any]) -> Any:
+    """Build a config of `cls` from defaults plus override layers (later layers win).
+
+    Unknown keys are refused with the list of valid ones; every value is coerced and range-checked.
+    """
+    kinds = field_types(cls)
+    values: dict[str, Any] = {}
+    for layer in layers:
+        for name, raw in layer.items():
+            if name not in kinds:
+                raise UsageError(f"unknown option '{name}'; valid options: {', '.join(sorted(kinds))}")
+            values[name] = _coerce(name, kinds[name], raw)
+    config = cls(**values)
+    for f in dataclasses.fields(cls):
+        _check_range(f.name, getattr(config, f.name), f.metadata)
+    return config
+
+
+def parse_assignments(pairs: list[str]) -> dict[str, str]:
+    """`["lr=0.1", "epochs=3"]` -> `{"lr": "0.1", "epochs": "3"}`."""
+    result = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name.strip():
+            raise UsageError(f"--set expects key=value, got {pair!r}")
+        result[name.strip()] = value.strip()
+    return result
+
+
+def load_toml(path: Path) -> dict[str, Any]:
+    """A flat TOML table of option values (a `[config]` table is accepted too)."""
+    try:
+        data = tomllib.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise UsageError(f"config file {path} does not exist") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise UsageError(f"config file {path} is not valid TOML: {exc}") from None
+    return data.get("config", data)
+
+
+def describe(cls: type) -> list[tuple[str, str, Any, str]]:
+    """(name, type, default, help) for each field, for `dlclassics list ID` and docs."""
+    kinds = field_types(cls)
+    return [(f.name, kinds[f.name].__name__, f.default, f.metadata.get("help", ""))
+            for f in dataclasses.fields(cls)]

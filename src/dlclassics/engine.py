@@ -1,0 +1,201 @@
+"""The one training loop every gradient-trained experiment shares, and what it needs around it.
+
+Data stays in memory as tensors; each epoch draws one permutation from an explicit generator,
+gathers the shuffled copy once and then takes batches by slicing (no DataLoader, no per-sample
+Python). A `step(model, batch) -> {"loss": ..., ...}` function says what one batch computes, so
+classifiers, autoencoders and VAEs all use the same `fit`. Experiments whose loop *is* the idea
+(MCMC, ALS, attacks, the optimiser study) write their own short loops instead.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import random
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from dlclassics.errors import RunError
+from dlclassics.runs import atomic_torch_save
+
+Step = Callable[[nn.Module, Sequence[torch.Tensor]], dict[str, torch.Tensor]]
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed python, numpy and torch; return a CPU generator for shuffling, seeded from the same value."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` picks CUDA, then Apple MPS, then the CPU; an explicit device must be present."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RunError("--device cuda was asked for but no CUDA device is available; use --device auto or cpu")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise RunError("--device mps was asked for but Apple MPS is not available; use --device auto or cpu")
+    return torch.device(name)
+
+
+def weight_decay_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Parameter groups with L2 on weight matrices and kernels only, never on biases or norm scales."""
+    decayed = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
+    plain = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
+    return [{"params": decayed, "weight_decay": weight_decay}, {"params": plain, "weight_decay": 0.0}]
+
+
+def make_optimizer(name: str, model: nn.Module, lr: float, weight_decay: float = 0.0,
+                   momentum: float = 0.0) -> torch.optim.Optimizer:
+    groups = weight_decay_groups(model, weight_decay)
+    if name == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=momentum > 0)
+    if name == "adam":
+        return torch.optim.Adam(groups, lr=lr)
+    if name == "adamw":
+        return torch.optim.AdamW(groups, lr=lr)
+    raise RunError(f"unknown optimizer '{name}'; use sgd, adam or adamw")
+
+
+def flat_parameters(model: nn.Module) -> torch.Tensor:
+    """All trainable parameters as one detached CPU vector (the order of `model.parameters()`)."""
+    return torch.cat([p.detach().reshape(-1).cpu() for p in model.parameters() if p.requires_grad])
+
+
+def classification_step(model: nn.Module, batch: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Cross-entropy on logits, plus the batch accuracy for the progress bar and history."""
+    inputs, targets = batch
+    logits = model(inputs)
+    loss = nn.functional.cross_entropy(logits, targets)
+    accuracy = (logits.argmax(1) == targets).float().mean()
+    return {"loss": loss, "accuracy": accuracy}
+
+
+@torch.no_grad()
+def evaluate_classifier(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
+                        batch_size: int = 4096) -> dict[str, Any]:
+    """Mean cross-entropy, accuracy and the predicted probabilities, in eval mode, batched."""
+    was_training = model.training
+    model.eval()
+    logits = torch.cat([model(inputs[i:i + batch_size]) for i in range(0, len(inputs), batch_size)])
+    model.train(was_training)
+    loss = nn.functional.cross_entropy(logits, targets).item()
+    return {"loss": loss, "accuracy": (logits.argmax(1) == targets).float().mean().item(),
+            "probabilities": logits.softmax(1)}
+
+
+@dataclasses.dataclass
+class FitResult:
+    history: list[dict[str, float]]  # one row per epoch: epoch, train means, evaluation metrics
+    iterations: list[float]  # training loss per step, when asked for
+    snapshots: list[torch.Tensor]  # flattened parameters after each epoch, when asked for
+
+
+def _rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    return {"torch": torch.get_rng_state(), "numpy_keys": torch.from_numpy(np_state[1].astype(np.int64)),
+            "numpy_pos": int(np_state[2]), "python": list(random.getstate()[1])}
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(("MT19937", state["numpy_keys"].numpy().astype(np.uint32), state["numpy_pos"], 0, 0.0))
+    random.setstate((3, tuple(state["python"]), None))
+
+
+def fit(model: nn.Module, data: Sequence[torch.Tensor], *, optimizer: torch.optim.Optimizer, epochs: int,
+        batch_size: int, generator: torch.Generator, step: Step = classification_step,
+        evaluate: Callable[[nn.Module, int], dict[str, float]] | None = None,
+        scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+        checkpoint: Path | None = None, resume: bool = False, record_iterations: bool = False,
+        snapshot_parameters: bool = False, quiet: bool = False, desc: str = "train") -> FitResult:
+    """Train `model` on in-memory tensors `data` (already on the model's device).
+
+    Each epoch: shuffle with `generator`, step through batches, average the step's outputs, call
+    `evaluate(model, epoch)` for held-out metrics, then write an atomic checkpoint. With `resume`
+    and an existing checkpoint, training continues after the last saved epoch and ends with the
+    same numbers as an uninterrupted run (on the CPU).
+    """
+    n = len(data[0])
+    history: list[dict[str, float]] = []
+    iterations: list[float] = []
+    snapshots: list[torch.Tensor] = []
+    first_epoch = 1
+    if resume and checkpoint is not None and checkpoint.exists():
+        state = torch.load(checkpoint, weights_only=True)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if scheduler is not None:
+            scheduler.load_state_dict(state["scheduler"])
+        generator.set_state(state["generator"])
+        _set_rng_state(state["rng"])
+        history, iterations, snapshots = state["history"], state["iterations"], state["snapshots"]
+        first_epoch = state["epoch"] + 1
+    steps_per_epoch = math.ceil(n / batch_size)
+    bar = _progress(total=steps_per_epoch * (epochs - first_epoch + 1), quiet=quiet, desc=desc)
+    for epoch in range(first_epoch, epochs + 1):
+        model.train()
+        order = torch.randperm(n, generator=generator).to(data[0].device)
+        shuffled = [tensor[order] for tensor in data]
+        sums: dict[str, float] = {}
+        for start in range(0, n, batch_size):
+            batch = [tensor[start:start + batch_size] for tensor in shuffled]
+            outputs = step(model, batch)
+            optimizer.zero_grad(set_to_none=True)
+            outputs["loss"].backward()
+            optimizer.step()
+            values = {key: value.item() for key, value in outputs.items()}
+            if not math.isfinite(values["loss"]):
+                bar.close()
+                raise RunError(f"the training loss became {values['loss']} at epoch {epoch}; the run diverged. "
+                               "Lower the learning rate (--set lr=...) or check the inputs")
+            size = len(batch[0])
+            for key, value in values.items():
+                sums[key] = sums.get(key, 0.0) + value * size
+            if record_iterations:
+                iterations.append(values["loss"])
+            bar.update(1)
+            bar.set_postfix({k: f"{v:.4f}" for k, v in values.items()}, refresh=False)
+        if scheduler is not None:
+            scheduler.step()
+        row = {"epoch": epoch, **{f"train_{k}": v / n for k, v in sums.items()}}
+        if evaluate is not None:
+            row.update(evaluate(model, epoch))
+        history.append(row)
+        if snapshot_parameters:
+            snapshots.append(flat_parameters(model))
+        if checkpoint is not None:
+            atomic_torch_save(checkpoint, {
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                "generator": generator.get_state(), "rng": _rng_state(), "epoch": epoch,
+                "history": history, "iterations": iterations, "snapshots": snapshots})
+    bar.close()
+    return FitResult(history, iterations, snapshots)
+
+
+class _Silent:
+    def update(self, *_: Any) -> None: ...
+    def set_postfix(self, *_: Any, **__: Any) -> None: ...
+    def close(self) -> None: ...
+
+
+def _progress(total: int, quiet: bool, desc: str) -> Any:
+    """A tqdm bar on a terminal; nothing when quiet or when stderr is a file or pipe."""
+    if quiet or not sys.stderr.isatty():
+        return _Silent()
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, leave=False, mininterval=0.5, dynamic_ncols=True)

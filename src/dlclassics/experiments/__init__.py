@@ -1,0 +1,1 @@
+"""One module per experiment; the file name is the experiment id with underscores."""

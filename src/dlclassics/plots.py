@@ -1,0 +1,94 @@
+"""Figure builders shared by experiments. Each returns a matplotlib Figure; `Run.save_figure`
+writes it as PNG with its data beside it. Figures are titled and labelled, legible at 100%."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+
+def curves(rows: Sequence[Mapping[str, Any]], x: str, series: Mapping[str, str], title: str, ylabel: str,
+           xlabel: str | None = None, logy: bool = False) -> plt.Figure:
+    """Line plot of columns of `rows` (history-style dicts): `series` maps column -> legend label.
+    Columns whose label contains "val" or "test" are dashed, so train/held-out pairs read at a glance."""
+    figure, axes = plt.subplots(figsize=(6.4, 4.0))
+    xs = [row[x] for row in rows]
+    for column, label in series.items():
+        style = "--" if any(word in label.lower() for word in ("val", "test")) else "-"
+        axes.plot(xs, [row.get(column, np.nan) for row in rows], style, marker="o" if len(xs) <= 30 else None,
+                  markersize=3, label=label)
+    axes.set(title=title, xlabel=xlabel or x, ylabel=ylabel)
+    if logy:
+        axes.set_yscale("log")
+    axes.grid(alpha=0.3)
+    axes.legend()
+    return figure
+
+
+def confusion_matrix(predicted: torch.Tensor, targets: torch.Tensor, n_classes: int) -> torch.Tensor:
+    """Counts [true, predicted], computed with one bincount."""
+    return torch.bincount(targets * n_classes + predicted, minlength=n_classes ** 2).reshape(n_classes, n_classes)
+
+
+def confusion_figure(matrix: torch.Tensor, classes: Sequence[str], title: str) -> plt.Figure:
+    figure, axes = plt.subplots(figsize=(6.5, 5.5))
+    image = axes.imshow(matrix.numpy(), cmap="Blues")
+    axes.set(title=title, xlabel="predicted", ylabel="true", xticks=range(len(classes)), yticks=range(len(classes)))
+    axes.set_xticklabels(classes, rotation=45, ha="right", fontsize=8)
+    axes.set_yticklabels(classes, fontsize=8)
+    threshold = matrix.max().item() / 2
+    for (i, j), count in np.ndenumerate(matrix.numpy()):
+        axes.text(j, i, str(count), ha="center", va="center", fontsize=6,
+                  color="white" if count > threshold else "black")
+    figure.colorbar(image, ax=axes, fraction=0.046)
+    return figure
+
+
+def image_grid(images: torch.Tensor, title: str, titles: Sequence[str] | None = None, columns: int = 10,
+               row_labels: Sequence[str] | None = None) -> plt.Figure:
+    """Grayscale images [N, H, W] (any range, shown with 0..1 for floats in [0, 1] or uint8)."""
+    images = images.detach().cpu()
+    rows = int(np.ceil(len(images) / columns))
+    figure, axes = plt.subplots(rows, columns, figsize=(1.1 * columns, 1.2 * rows + 0.4), squeeze=False)
+    vmax = 255 if images.dtype == torch.uint8 else 1.0
+    for index, axis in enumerate(axes.flat):
+        axis.set_xticks([])
+        axis.set_yticks([])
+        if index < len(images):
+            axis.imshow(images[index].float().numpy(), cmap="gray", vmin=0, vmax=vmax)
+            if titles:
+                axis.set_title(titles[index], fontsize=7)
+        else:
+            axis.axis("off")
+    if row_labels:
+        for row, label in enumerate(row_labels):
+            axes[row, 0].set_ylabel(label, fontsize=8)
+    figure.suptitle(title)
+    figure.tight_layout()
+    return figure
+
+
+def view_classify(images: torch.Tensor, probabilities: torch.Tensor, labels: torch.Tensor,
+                  classes: Sequence[str], title: str) -> plt.Figure:
+    """S3's "view_classify": each image beside a bar chart of its predicted class probabilities."""
+    count = len(images)
+    figure, axes = plt.subplots(count, 2, figsize=(6.5, 1.9 * count), squeeze=False)
+    for row in range(count):
+        axes[row, 0].imshow(images[row].cpu().numpy(), cmap="gray")
+        axes[row, 0].set_title(f"true: {classes[labels[row]]}", fontsize=8)
+        axes[row, 0].axis("off")
+        axes[row, 1].barh(range(len(classes)), probabilities[row].cpu().numpy())
+        axes[row, 1].set_yticks(range(len(classes)))
+        axes[row, 1].set_yticklabels(classes, fontsize=7)
+        axes[row, 1].set_xlim(0, 1.05)
+        axes[row, 1].set_xlabel("class probability", fontsize=7)
+    figure.suptitle(title)
+    figure.tight_layout()
+    return figure

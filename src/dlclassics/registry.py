@@ -1,0 +1,26 @@
+"""Experiment id -> module, one explicit line each. Modules are imported only when used.
+
+Each experiment module defines: a docstring (what it reproduces), `TITLE`, a `Config` dataclass
+(defaults = tuned recipe), `RECIPES` (`{"seed": {...}, "tuned": {}}` overrides), `QUICK` (overrides
+for the smoke-test size), `REFERENCES` (the source's numbers) and `run(cfg, run) -> metrics`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+from dlclassics.errors import UsageError
+
+EXPERIMENTS: dict[str, str] = {
+    "fashion-mlp": "dlclassics.experiments.fashion_mlp",
+    "mnist-mlp": "dlclassics.experiments.mnist_mlp",
+}
+
+
+def load(experiment_id: str) -> ModuleType:
+    try:
+        return importlib.import_module(EXPERIMENTS[experiment_id])
+    except KeyError:
+        raise UsageError(f"unknown experiment '{experiment_id}'; 'dlclassics list' shows the "
+                         f"{len(EXPERIMENTS)} experiments") from None

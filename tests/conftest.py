@@ -1,0 +1,64 @@
+"""Shared fixtures: small generated datasets in the real file formats, and an in-process CLI."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dlclassics.cli import main
+from dlclassics.data import images
+from dlclassics.data.idx import write_idx
+
+SHARED_DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
+
+
+def make_class_images(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """28x28 uint8 images whose class is a bright 4x4 block at a class-specific place, plus noise:
+    learnable in a few steps, so smoke runs can also check that training does something."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 10, n).astype(np.uint8)
+    pictures = rng.integers(0, 60, (n, 28, 28)).astype(np.uint8)
+    for cls in range(10):
+        row, col = 2 + 6 * (cls // 4), 2 + 6 * (cls % 4)
+        pictures[labels == cls, row:row + 4, col:col + 4] = 250
+    return pictures, labels
+
+
+def write_image_dataset(folder: Path, n_train: int = 600, n_test: int = 200, gzip: bool = True) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    suffix = ".gz" if gzip else ""
+    for split, n, seed in (("train", n_train, 1), ("t10k", n_test, 2)):
+        pictures, labels = make_class_images(n, seed)
+        write_idx(folder / f"{split}-images-idx3-ubyte{suffix}", pictures)
+        write_idx(folder / f"{split}-labels-idx1-ubyte{suffix}", labels)
+    return folder
+
+
+@pytest.fixture
+def image_data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A data dir with generated `mnist/` and `fashion-mnist/` folders; checksums are switched off
+    for these two specs (the generated files cannot match the real files' hashes)."""
+    root = tmp_path / "data"
+    for name, spec in list(images.IMAGE_DATASETS.items()):
+        unchecked = dataclasses.replace(spec, files=tuple(dataclasses.replace(f, sha256=None, gz_md5=None)
+                                                          for f in spec.files))
+        monkeypatch.setitem(images.IMAGE_DATASETS, name, unchecked)
+        write_image_dataset(root / name)
+    monkeypatch.setattr(images, "SYSTEM_DIRS", ())
+    monkeypatch.setattr(images, "CACHE_DIR", tmp_path / "cache")
+    monkeypatch.delenv("DLCLASSICS_DATA", raising=False)
+    return root
+
+
+def run_quick(experiment: str, data_dir: Path, out: Path, *extra: str) -> Path:
+    """`dlclassics run EXPERIMENT --quick` in-process; returns the finished run folder."""
+    code = main(["run", experiment, "--quick", "--quiet", "--device", "cpu", "--data-dir", str(data_dir),
+                 "--out", str(out), *extra])
+    assert code == 0
+    (folder,) = [p for p in (out / experiment).iterdir() if p.is_dir()]
+    assert (folder / "report.md").is_file() and (folder / "metrics.json").is_file()
+    assert (folder / "config.json").is_file()
+    return folder
