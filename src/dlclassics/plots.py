@@ -55,7 +55,7 @@ def image_grid(images: torch.Tensor, title: str, titles: Sequence[str] | None = 
                row_labels: Sequence[str] | None = None) -> plt.Figure:
     """Grayscale images [N, H, W] (any range, shown with 0..1 for floats in [0, 1] or uint8)."""
     images = images.detach().cpu()
-    rows = int(np.ceil(len(images) / columns))
+    rows = max(1, int(np.ceil(len(images) / columns)))
     figure, axes = plt.subplots(rows, columns, figsize=(1.1 * columns, 1.2 * rows + 0.4), squeeze=False)
     vmax = 255 if images.dtype == torch.uint8 else 1.0
     for index, axis in enumerate(axes.flat):
