@@ -13,6 +13,8 @@ from types import ModuleType
 from dlclassics.errors import UsageError
 
 EXPERIMENTS: dict[str, str] = {
+    "least-squares": "dlclassics.experiments.least_squares",
+    "optimizers-noisy": "dlclassics.experiments.optimizers_noisy",
     "fashion-mlp": "dlclassics.experiments.fashion_mlp",
     "mnist-mlp": "dlclassics.experiments.mnist_mlp",
 }

@@ -1,0 +1,57 @@
+"""optimizers-noisy: the batched gradient is the derivative of the loss, the batched study behaves
+like independent runs, and the experiment runs end to end at --quick size."""
+
+import json
+
+import pytest
+import torch
+
+from conftest import run_quick
+from dlclassics.config import resolve
+from dlclassics.data.linear_regression import make_linear_data
+from dlclassics.errors import UsageError
+from dlclassics.experiments.optimizers_noisy import Config, gradient, loss, study
+
+
+@pytest.mark.parametrize("gamma", [0.4, 0.7, 1.0, 2.0, 3.0, 5.0])
+def test_gradient_is_the_derivative_of_the_loss(gamma):
+    generator = torch.Generator().manual_seed(0)
+    theta = torch.rand(2, 3, 10, generator=generator, dtype=torch.float64).requires_grad_()
+    x = torch.rand(2, 3, 4, 10, generator=generator, dtype=torch.float64) * 2 - 1
+    y = torch.randn(2, 3, 4, generator=generator, dtype=torch.float64)
+    gamma_t = torch.tensor(gamma, dtype=torch.float64)
+    (expected,) = torch.autograd.grad(loss(theta, x, y, gamma_t).sum(), theta)
+    torch.testing.assert_close(gradient(theta.detach(), x, y, gamma_t), expected)
+
+
+def test_study_shapes_and_learning():
+    cfg = resolve(Config, {"gammas": (1.0, 2.0), "steps": 200, "replicates": 3, "test_every": 20})
+    data = make_linear_data(torch.Generator().manual_seed(0))
+    test_loss, theta = study(data, cfg, torch.Generator().manual_seed(0))
+    assert test_loss.shape == (2, 3, 3, 10) and theta.shape == (2, 3, 3, 10)
+    # Every run starts from the same theta_init (as in the source), so the first test losses match per gamma.
+    assert torch.allclose(test_loss[..., 0], test_loss[:, :1, :1, 0].expand(2, 3, 3))
+    assert torch.all(test_loss[:, :2, :, -1] < test_loss[:, :2, :, 0])  # sgd and adam make progress
+    assert not torch.equal(theta[:, :, 0], theta[:, :, 1])  # replicates draw different examples
+
+
+def test_gradient_noise_changes_the_result():
+    base = {"gammas": (2.0,), "steps": 50, "replicates": 2, "test_every": 10}
+    data = make_linear_data(torch.Generator().manual_seed(0))
+    quiet = study(data, resolve(Config, base), torch.Generator().manual_seed(0))[1]
+    noisy = study(data, resolve(Config, {**base, "grad_noise": 1.0}), torch.Generator().manual_seed(0))[1]
+    assert not torch.allclose(quiet, noisy)
+
+
+def test_unknown_method_is_a_usage_error():
+    with pytest.raises(UsageError, match="methods"):
+        resolve(Config, {"methods": "sgd,rmsprop"})
+
+
+def test_quick_run(tmp_path):
+    folder = run_quick("optimizers-noisy", tmp_path / "no-data", tmp_path / "runs")
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert set(metrics) >= {"best_test_loss_adagrad_g0.4", "final_theta_sgd_g5", "final_theta_adam_g2"}
+    for figure in ("test_loss", "best_values"):
+        assert (folder / "figures" / f"{figure}.png").is_file()
+    assert "final theta, mean coordinate, sgd, gamma 5" in (folder / "report.md").read_text()
