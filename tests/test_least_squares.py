@@ -29,7 +29,7 @@ def test_ill_conditioned_data_report_the_stable_solve(tmp_path):
     metrics = json.loads((folder / "metrics.json").read_text())
     assert metrics["reported_solver"] == "lstsq"
     assert metrics["condition_number"] > 1e12
-    stable = fit_both(make_linear_data(torch.Generator().manual_seed(0), condition=1e12))
+    stable, _ = fit_both(make_linear_data(torch.Generator().manual_seed(0), condition=1e12))
     assert metrics["test_mse"] == pytest.approx(stable["test_mse"], rel=1e-12)
     # The stable solve still fits to the noise level (0.1^2); the normal equations do not.
     assert metrics["train_mse"] < 0.0105 < metrics["normal_train_mse"]

@@ -35,6 +35,13 @@ def test_study_shapes_and_learning():
     assert not torch.equal(theta[:, :, 0], theta[:, :, 1])  # replicates draw different examples
 
 
+def test_same_seed_same_study():
+    cfg = resolve(Config, {"gammas": (0.7,), "steps": 30, "replicates": 2, "test_every": 10})
+    data = make_linear_data(torch.Generator().manual_seed(0))
+    first, second = (study(data, cfg, torch.Generator().manual_seed(3)) for _ in range(2))
+    assert all(torch.equal(a, b) for a, b in zip(first, second))
+
+
 def test_gradient_noise_changes_the_result():
     base = {"gammas": (2.0,), "steps": 50, "replicates": 2, "test_every": 10}
     data = make_linear_data(torch.Generator().manual_seed(0))
@@ -55,3 +62,13 @@ def test_quick_run(tmp_path):
     for figure in ("test_loss", "best_values"):
         assert (folder / "figures" / f"{figure}.png").is_file()
     assert "final theta, mean coordinate, sgd, gamma 5" in (folder / "report.md").read_text()
+
+
+@pytest.mark.slow
+def test_full_run_reproduces_the_source_final_thetas(tmp_path):
+    from dlclassics.cli import main
+
+    assert main(["run", "optimizers-noisy", "--quiet", "--device", "cpu", "--out", str(tmp_path)]) == 0
+    (folder,) = (tmp_path / "optimizers-noisy").iterdir()
+    report = (folder / "report.md").read_text()
+    assert report.count("| met |") == 12 and "not met" not in report
