@@ -102,6 +102,9 @@ def run(cfg: Config, run: Run) -> dict[str, Any]:
     if cfg.condition > 1:
         run.mark_not_comparable(f"features made ill-conditioned (condition={cfg.condition:g}); the source's "
                                 "data are well conditioned")
+        run.note("With ill-conditioned features theta itself is barely identified (the noise is amplified by "
+                 "1/s_min along the weakest direction), so even the exact solution is far from 1: compare the "
+                 "solvers by train and test MSE.")
     else:
         run.note(f"Expected |theta_j - 1| ~ noise / sqrt(n Var[x]) = {cfg.noise / (cfg.n_train / 3) ** 0.5:.4f} per "
                  "coordinate on these data, so the largest of 10 is often near 0.01: the bound is luck-prone.")
