@@ -13,6 +13,7 @@ from types import ModuleType
 from dlclassics.errors import UsageError
 
 EXPERIMENTS: dict[str, str] = {
+    "he-init": "dlclassics.experiments.he_init",
     "least-squares": "dlclassics.experiments.least_squares",
     "optimizers-noisy": "dlclassics.experiments.optimizers_noisy",
     "fashion-mlp": "dlclassics.experiments.fashion_mlp",
