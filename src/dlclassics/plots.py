@@ -92,3 +92,32 @@ def view_classify(images: torch.Tensor, probabilities: torch.Tensor, labels: tor
     figure.suptitle(title)
     figure.tight_layout()
     return figure
+
+
+def tile(images: torch.Tensor, columns: int) -> torch.Tensor:
+    """[N, H, W] -> one [rows*H, columns*W] mosaic (missing cells black), so 64 samples are one image."""
+    count, height, width = images.shape
+    rows = max(1, int(np.ceil(count / columns)))
+    padded = torch.zeros(rows * columns, height, width, dtype=images.dtype)
+    padded[:count] = images.detach().cpu()
+    return padded.reshape(rows, columns, height, width).permute(0, 2, 1, 3).reshape(rows * height, columns * width)
+
+
+def mosaic_panels(panels: Mapping[str, Mapping[str, torch.Tensor]], title: str, columns: int = 8) -> plt.Figure:
+    """A grid of mosaics: `panels[row_label][column_title]` is a batch [N, H, W] in [0, 1], e.g. prior
+    samples per model (rows) and epoch (columns)."""
+    row_labels = list(panels)
+    column_titles = list(next(iter(panels.values())))
+    figure, axes = plt.subplots(len(row_labels), len(column_titles), squeeze=False,
+                                figsize=(2.3 * len(column_titles), 2.4 * len(row_labels) + 0.4))
+    for i, row in enumerate(row_labels):
+        for j, column in enumerate(column_titles):
+            axis = axes[i, j]
+            axis.imshow(tile(panels[row][column], columns).float().numpy(), cmap="gray", vmin=0, vmax=1)
+            axis.set_xticks([])
+            axis.set_yticks([])
+            axis.set_title(column if len(row_labels) == 1 else f"{row}: {column}", fontsize=9)
+        axes[i, 0].set_ylabel(row, fontsize=9)
+    figure.suptitle(title)
+    figure.tight_layout()
+    return figure

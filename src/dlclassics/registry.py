@@ -18,6 +18,9 @@ EXPERIMENTS: dict[str, str] = {
     "optimizers-noisy": "dlclassics.experiments.optimizers_noisy",
     "fashion-mlp": "dlclassics.experiments.fashion_mlp",
     "mnist-mlp": "dlclassics.experiments.mnist_mlp",
+    "mnist-classifier": "dlclassics.experiments.mnist_classifier",
+    "vae": "dlclassics.experiments.vae",
+    "latent-optimization": "dlclassics.experiments.latent_optimization",
 }
 
 

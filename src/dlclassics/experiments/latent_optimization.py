@@ -1,0 +1,169 @@
+"""latent-optimization: a VAE without an encoder, S4 Q3.
+
+Source: `../shared/seeds/004_a59f37929212bae1.txt`, Q3. Each training image i gets its own
+variational parameters q_i(z) = N(mu_i, sigma_i^2), a learnable table optimised jointly with a
+decoder of the same shape as `vae`'s, on the same negative ELBO. The source saw every reconstruction
+collapse to one blurry blob and prior samples without diversity, and blamed the initialisation.
+The report measures that diagnosis: the spread of mu_i within and between classes, the KL of q_i
+to the prior, and the diversity of prior samples (mean pairwise distance) for both models.
+Figures sit beside the amortised VAE's: trained here, or loaded with `--from-run VAE_RUN`.
+
+The likely cause is the optimiser, not the model: each row of the table gets a gradient once per
+epoch (30 updates in all), while the decoder gets one every step. `table_lr` scales the table's
+steps; the seed recipe uses one learning rate for both, as the source did.
+
+    dlclassics run latent-optimization --recipe seed
+    dlclassics run latent-optimization --from-run runs/vae/<folder>
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import torch
+from torch import nn
+
+from dlclassics import plots
+from dlclassics.config import BaseConfig, option
+from dlclassics.data.splits import first_of_each_class
+from dlclassics.engine import fit, seed_everything
+from dlclassics.errors import UsageError
+from dlclassics.experiments import vae
+from dlclassics.models.vae import LIKELIHOODS, decoder, elbo, kl_to_standard_normal
+from dlclassics.runs import Reference, Run, atomic_torch_save, markdown_table
+
+TITLE = "Latent optimisation (per-example q, no encoder) beside the amortised VAE (S4 Q3)"
+MUST_MATCH = ("dataset", "latent", "hidden", "likelihood", "epochs", "val_fraction", "limit", "seed")
+
+
+@dataclasses.dataclass(frozen=True)
+class Config(vae.Config):
+    table_lr: float = option(1e-2, "Adam learning rate of the per-example table (mu_i, log sigma_i)", low=0.0,
+                             low_open=True)
+    init_std: float = option(1.0, "standard deviation of the initial mu_i (log sigma_i start at 0)", low=0.0)
+
+
+RECIPES = {"seed": {"table_lr": 1e-3}, "tuned": {}}
+QUICK = vae.QUICK
+
+REFERENCES = [
+    Reference("lo_between_within_ratio", "collapse: no class information in mu_i",
+              "LO: between-class / within-class spread of mu_i", rule="info"),
+    Reference("lo_sample_diversity", "no diversity", "LO: mean pairwise distance of prior samples", rule="info"),
+]
+
+
+class LatentTable(nn.Module):
+    """q_i(z) = N(mu_i, sigma_i^2) for every training image i, plus the decoder p(x|z)."""
+
+    def __init__(self, count: int, latent: int, hidden: int, init_std: float, generator: torch.Generator) -> None:
+        super().__init__()
+        self.mu = nn.Parameter(init_std * torch.randn(count, latent, generator=generator))
+        self.log_sigma = nn.Parameter(torch.zeros(count, latent))
+        self.decoder = decoder(latent, hidden)
+
+
+def class_spread(mu: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    """Mean squared distance of mu_i to its class mean (within) and of class means to the grand mean
+    (between, weighted by class size). between/within ~ 0 means the codes carry no class information."""
+    one_hot = nn.functional.one_hot(labels, int(labels.max()) + 1).float()  # [N, C]
+    means = (one_hot.T @ mu) / one_hot.sum(0).clamp(min=1).unsqueeze(1)  # [C, latent]
+    within = (mu - means[labels]).square().sum(1).mean().item()
+    between = (means[labels] - mu.mean(0)).square().sum(1).mean().item()
+    return {"within": within, "between": between, "ratio": between / max(within, 1e-12)}
+
+
+def diversity(images: torch.Tensor) -> float:
+    """Mean pairwise Euclidean distance between images [N, 28, 28] (0 = all samples identical)."""
+    return torch.pdist(images.reshape(len(images), -1).float()).mean().item()
+
+
+def run(cfg: Config, run: Run) -> dict[str, Any]:
+    generator = seed_everything(cfg.seed)
+    data = vae.prepared_data(cfg, run)
+    if run.from_run is not None:
+        loaded_cfg, amortised, vae_history = vae.load_run(run.from_run, run.device)
+        differ = [name for name in MUST_MATCH if getattr(loaded_cfg, name) != getattr(cfg, name)]
+        if differ:
+            raise UsageError(f"--from-run {run.from_run} differs in {', '.join(differ)}; pass the same values "
+                             f"(e.g. --set {differ[0]}={getattr(loaded_cfg, differ[0])})")
+        run.note(f"amortised VAE loaded from {run.from_run}")
+    else:  # the same data, architecture and training as a `vae` run, in this run's folder
+        vae_cfg = vae.Config(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(vae.Config)})
+        vae_history = vae.train(vae_cfg, run, data, generator, prefix="vae_")
+        amortised = vae.load_snapshots(vae_cfg, run.dir, run.device, prefix="vae_")
+
+    # ---- latent optimisation: the table and the decoder, one Adam with two learning rates
+    model = LatentTable(len(data["train_x"]), cfg.latent, cfg.hidden, cfg.init_std, generator).to(run.device)
+    optimizer = torch.optim.Adam([{"params": model.decoder.parameters(), "lr": cfg.lr},
+                                  {"params": [model.mu, model.log_sigma], "lr": cfg.table_lr}])
+    continuous = cfg.likelihood == "continuous-bernoulli"
+    keep = vae.snapshot_epochs(cfg.epochs)
+
+    def step(model: LatentTable, batch: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        x, index = batch
+        terms = elbo(model.decoder, x, model.mu[index], model.log_sigma[index], continuous)
+        return {"loss": -terms["elbo"].mean(), "kl": terms["kl"].mean()}
+
+    def evaluate(model: LatentTable, epoch: int) -> dict[str, float]:
+        if epoch in keep:
+            atomic_torch_save(run.dir / f"lo_epoch_{epoch}.pt", model.state_dict())
+        return {}
+
+    index = torch.arange(len(data["train_x"]), device=run.device)
+    result = fit(model, (data["train_x"], index), optimizer=optimizer, epochs=cfg.epochs, batch_size=cfg.batch_size,
+                 generator=generator, step=step, evaluate=evaluate, checkpoint=run.checkpoint_path,
+                 resume=run.resume, quiet=run.quiet, desc=run.experiment)
+    history = [{**row, **{f"vae_{k}": v for k, v in vae_row.items() if k != "epoch"}}
+               for row, vae_row in zip(result.history, vae_history)]
+    run.save_history(history)
+
+    # ---- figures beside the amortised model's
+    fixed = first_of_each_class(data["train_y"])
+    x = data["train_x"][fixed]
+    z = vae.prior_draws(cfg, cfg.samples).to(run.device)
+    recons, samples = {}, {"VAE": {}, "LO": {}}
+    for epoch in keep:
+        model.load_state_dict(torch.load(run.dir / f"lo_epoch_{epoch}.pt", map_location=run.device,
+                                         weights_only=True))
+        recons[f"VAE epoch {epoch}"] = vae.decode_mean(amortised[epoch].decoder, amortised[epoch].encoder(x)[0])
+        recons[f"LO epoch {epoch}"] = vae.decode_mean(model.decoder, model.mu[fixed])
+        samples["VAE"][f"epoch {epoch}"] = vae.decode_mean(amortised[epoch].decoder, z)
+        samples["LO"][f"epoch {epoch}"] = vae.decode_mean(model.decoder, z)
+    run.save_figure(plots.curves(history, "epoch", {"vae_train_loss": "VAE train loss", "vae_val_loss": "VAE val loss",
+                                                    "train_loss": "LO train loss"},
+                                 "Negative ELBO per epoch (nats per image)", "-ELBO"), "loss",
+                    "Training loss of latent optimisation beside the amortised VAE's", rows=history)
+    images, labels = vae.reconstruction_rows(x, recons)
+    run.save_figure(plots.image_grid(images, "Training reconstructions: amortised VAE vs latent optimisation",
+                                     row_labels=labels), "recon_train",
+                    "One training image per class: VAE (posterior mean) and LO (mu_i) reconstructions by epoch",
+                    data={"images": images, "indices": fixed})
+    run.save_figure(plots.mosaic_panels(samples, f"{cfg.samples} prior samples: VAE (top) vs LO (bottom)"),
+                    "samples", "Decoded prior samples, the same z for both models and every epoch",
+                    data={f"{m}_{k.replace(' ', '_')}": v for m, per in samples.items() for k, v in per.items()})
+
+    # ---- diagnosis in numbers (final epoch)
+    final = amortised[keep[-1]]
+    with torch.no_grad():
+        vae_mu, vae_log_sigma = final.encoder(data["train_x"])
+    rows = []
+    for name, mu, log_sigma, picks in (("VAE (encoder)", vae_mu, vae_log_sigma, samples["VAE"]),
+                                       ("LO (table)", model.mu.detach(), model.log_sigma.detach(), samples["LO"])):
+        spread = class_spread(mu, data["train_y"])
+        rows.append({"model": name, "within-class spread": spread["within"], "between-class spread": spread["between"],
+                     "between/within": spread["ratio"], "mean sigma": log_sigma.exp().mean().item(),
+                     "KL to prior (nats)": kl_to_standard_normal(mu, log_sigma).mean().item(),
+                     "prior-sample diversity": diversity(picks[f"epoch {keep[-1]}"])})
+    data_diversity = diversity(data["train_x"][: cfg.samples].reshape(-1, 28, 28))
+    run.add_section("Diagnosis", markdown_table(rows) + f"\n\nSpreads are mean squared distances in latent space; "
+                    f"diversity is the mean pairwise L2 distance of {cfg.samples} decoded prior samples "
+                    f"(of {cfg.samples} training images: {data_diversity:.2f}).")
+    vae_row, lo_row = rows
+    return {"lo_train_loss": history[-1]["train_loss"], "vae_train_loss": history[-1]["vae_train_loss"],
+            "vae_between_within_ratio": vae_row["between/within"], "lo_between_within_ratio": lo_row["between/within"],
+            "vae_kl": vae_row["KL to prior (nats)"], "lo_kl": lo_row["KL to prior (nats)"],
+            "vae_sample_diversity": vae_row["prior-sample diversity"],
+            "lo_sample_diversity": lo_row["prior-sample diversity"], "data_diversity": data_diversity}
+
