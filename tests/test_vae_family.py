@@ -36,3 +36,93 @@ def test_latent_optimization_quick_trains_both_and_from_run(image_data_dir, tmp_
     vae_run = run_quick("vae", image_data_dir, tmp_path / "vae-runs")
     again = run_quick("latent-optimization", image_data_dir, tmp_path / "runs2", "--from-run", str(vae_run))
     assert (again / "figures" / "samples.png").is_file()
+
+
+def test_vae_loglik_quick_trains_a_vae_and_checks_from_run(image_data_dir, tmp_path):
+    folder = run_quick("vae-loglik", image_data_dir, tmp_path / "runs")
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert metrics["test_elbo"] <= metrics["test_logp"] + 1.0  # K = 50 cannot be far below the K = 1 bound
+    for figure in ("per_class", "convergence"):
+        assert (folder / "figures" / f"{figure}.png").is_file()
+    vae_run = run_quick("vae", image_data_dir, tmp_path / "vae-runs")
+    again = run_quick("vae-loglik", image_data_dir, tmp_path / "runs2", "--from-run", str(vae_run))
+    assert "VAE loaded from" in (again / "report.md").read_text()
+
+
+# ---------------------------------------------------------------- model pieces
+
+def test_bernoulli_log_likelihood_matches_bce_and_continuous_normaliser_integrates_to_one():
+    torch.manual_seed(0)
+    logits, x = torch.randn(4, 7) * 3, torch.rand(4, 7)
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, x, reduction="none").sum(-1)
+    assert torch.allclose(V.bernoulli_log_likelihood(logits, x), -bce, atol=1e-5)
+    # continuous Bernoulli: C(lambda) * lambda^x (1 - lambda)^(1 - x) integrates to 1 over x in [0, 1]
+    eta = torch.tensor([-8.0, -2.0, -1e-4, 0.0, 5e-4, 0.7, 6.0]).unsqueeze(1)  # [7, 1] incl. the Taylor branch
+    grid = (torch.arange(20000) + 0.5).unsqueeze(0) / 20000  # midpoint rule on [0, 1]
+    density = torch.exp(torch.nn.functional.logsigmoid(eta) - (1 - grid) * eta + V.continuous_bernoulli_log_norm(eta))
+    assert torch.allclose(density.mean(1), torch.ones(7), atol=1e-4)
+
+
+def test_vae_log_joint_shortcut_equals_the_direct_formula():
+    from dlclassics.experiments.vae_loglik import vae_log_joint
+
+    torch.manual_seed(0)
+    model, x, z = V.VAE(3, 8, pixels=11), torch.rand(5, 11), torch.randn(4, 5, 3)
+    for continuous in (False, True):
+        direct = V.bernoulli_log_likelihood(model.decoder(z), x, continuous) + V.standard_normal_log_density(z)
+        assert torch.allclose(vae_log_joint(model, x, continuous)(z), direct, atol=1e-4)
+
+
+def test_kl_matches_a_monte_carlo_estimate():
+    generator = torch.Generator().manual_seed(1)
+    mu, log_sigma = torch.tensor([[0.5, -1.0]]), torch.tensor([[-0.3, 0.4]])
+    z = mu + log_sigma.exp() * torch.randn(200000, 2, generator=generator)
+    monte_carlo = (V.gaussian_log_density(z, mu, log_sigma) - V.standard_normal_log_density(z)).mean()
+    assert abs(monte_carlo.item() - V.kl_to_standard_normal(mu, log_sigma).item()) < 0.01
+
+
+# ---------------------------------------------------------------- the estimator on probabilistic PCA
+
+def _ppca(seed: int = 0, data_dim: int = 6, latent: int = 2, noise: float = 0.6):
+    """x = W z + b + noise * eps with orthogonal columns of W, so the exact posterior is diagonal."""
+    generator = torch.Generator().manual_seed(seed)
+    basis, _ = torch.linalg.qr(torch.randn(data_dim, latent, generator=generator, dtype=torch.float64))
+    weight = basis * torch.tensor([2.0, 1.2], dtype=torch.float64)
+    bias = torch.randn(data_dim, generator=generator, dtype=torch.float64)
+    x = (torch.randn(64, latent, generator=generator, dtype=torch.float64) @ weight.T + bias
+         + noise * torch.randn(64, data_dim, generator=generator, dtype=torch.float64))
+    covariance = weight @ weight.T + noise ** 2 * torch.eye(data_dim, dtype=torch.float64)
+    exact = torch.distributions.MultivariateNormal(bias, covariance).log_prob(x)  # [N]
+    precision = weight.T @ weight / noise ** 2 + torch.eye(latent, dtype=torch.float64)  # diagonal here
+    post_var = 1 / torch.diagonal(precision)
+    post_mu = (x - bias) @ weight / noise ** 2 * post_var  # [N, L]
+
+    def log_joint(z: torch.Tensor) -> torch.Tensor:  # [k, N, L] -> [k, N]
+        mean = z @ weight.T + bias
+        log_lik = V.gaussian_log_density(x, mean, torch.full_like(mean, math.log(noise)))
+        return log_lik + V.standard_normal_log_density(z)
+
+    return exact, post_mu, 0.5 * post_var.log().expand_as(post_mu), log_joint
+
+
+def test_importance_sampling_is_exact_with_the_true_posterior():
+    exact, mu, log_sigma, log_joint = _ppca()
+    log_w = V.importance_log_weights(log_joint, mu, log_sigma, 7, torch.Generator().manual_seed(0), chunk=3)
+    assert log_w.shape == (7, len(exact))
+    assert torch.allclose(log_w, exact.expand_as(log_w), atol=1e-9)  # every weight equals p(x)
+
+
+def test_importance_sampling_converges_to_the_exact_ppca_likelihood():
+    exact, mu, log_sigma, log_joint = _ppca()
+    # a deliberately wrong proposal: shifted and 1.65 times too wide (wide, so the weights have a finite variance)
+    log_w = V.importance_log_weights(log_joint, mu + 0.2, log_sigma + 0.5, 20000, torch.Generator().manual_seed(0),
+                                     chunk=5000)
+    errors, stderrs = [], []
+    for k in (1, 10, 100, 1000, 20000):
+        estimate, stderr = V.log_mean_exp_with_stderr(log_w[:k])
+        errors.append(abs((exact - estimate).mean().item()))
+        stderrs.append(stderr.mean().item())
+    assert errors[0] > 0.5  # K = 1 (the ELBO) is a lower bound, clearly below log p(x)
+    assert errors[0] > errors[1] > errors[2] and errors[3] < 0.01 and errors[4] < 0.005
+    assert all(a > b for a, b in zip(stderrs[1:], stderrs[2:]))  # s.e. ~ 1/sqrt(K)
+    assert stderrs[4] == pytest.approx(stderrs[3] * math.sqrt(1000 / 20000), rel=0.2)

@@ -121,3 +121,20 @@ def mosaic_panels(panels: Mapping[str, Mapping[str, torch.Tensor]], title: str, 
     figure.suptitle(title)
     figure.tight_layout()
     return figure
+
+
+def grouped_bars(rows: Sequence[Mapping[str, Any]], category: str, series: Sequence[str], title: str,
+                 ylabel: str) -> plt.Figure:
+    """One group of bars per row (labelled by `rows[i][category]`), one bar per column in `series`."""
+    figure, axes = plt.subplots(figsize=(7.0, 4.0))
+    positions = np.arange(len(rows))
+    width = 0.8 / len(series)
+    for index, column in enumerate(series):
+        axes.bar(positions + (index - (len(series) - 1) / 2) * width, [row[column] for row in rows], width,
+                 label=column)
+    axes.set_xticks(positions)
+    axes.set_xticklabels([str(row[category]) for row in rows], rotation=30 if len(rows) > 10 else 0, fontsize=8)
+    axes.set(title=title, xlabel=category, ylabel=ylabel)
+    axes.grid(axis="y", alpha=0.3)
+    axes.legend()
+    return figure

@@ -21,6 +21,7 @@ EXPERIMENTS: dict[str, str] = {
     "mnist-classifier": "dlclassics.experiments.mnist_classifier",
     "vae": "dlclassics.experiments.vae",
     "latent-optimization": "dlclassics.experiments.latent_optimization",
+    "vae-loglik": "dlclassics.experiments.vae_loglik",
 }
 
 

@@ -1,0 +1,185 @@
+"""vae-loglik: the log-probability of images under a trained VAE, S4 Q4.
+
+Source: `../shared/seeds/004_a59f37929212bae1.txt`, Q4: mean log p(train) = -250.7, mean
+log p(test) = -295.1, and digit "1" the most likely class at about -57.8. We estimate
+    log p(x) ~= log (1/K) sum_k p(x|z_k) p(z_k) / q(z_k|x),   z_k ~ q(z|x)
+(importance sampling from the encoder; K = 1 is the ELBO, Burda et al. 2015 go to K = 5000), batched
+over images and samples, with the delta-method standard error of each estimate, in nats and bits per
+dimension, every normalising constant included. The estimates for the smaller K reuse the first K
+of the largest K's samples, so one pass gives the whole convergence table. The sampling loop is the
+idea here, so it is written out (not `engine.fit`). The VAE comes from `--from-run VAE_RUN` or is
+trained here with `vae`'s defaults.
+
+    dlclassics run vae-loglik --from-run runs/vae/<folder>
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch.nn import functional as F
+
+from dlclassics import plots
+from dlclassics.config import BaseConfig, option
+from dlclassics.engine import seed_everything
+from dlclassics.errors import UsageError
+from dlclassics.experiments import vae
+from dlclassics.models.vae import (VAE, bits_per_dim, continuous_bernoulli_log_norm, importance_log_weights,
+                                   log_mean_exp_with_stderr, standard_normal_log_density)
+from dlclassics.runs import Reference, Run, markdown_table
+
+TITLE = "log p(x) under a VAE by importance sampling (S4 Q4)"
+
+
+@dataclasses.dataclass(frozen=True)
+class Config(BaseConfig):
+    dataset: str = option("mnist", "image dataset (must be the --from-run VAE's)", choices=("mnist", "fashion-mnist"))
+    samples: tuple[int, ...] = option((1, 10, 100, 1000), "importance samples K, comma separated (K = 1: the ELBO)",
+                                      low=1)
+    images: int = option(10000, "images per split (train: a fixed random subset; 0 = all)", low=0)
+    iwae_samples: int = option(5000, "K of the convergence study on a test subset (the IWAE paper's 5000)", low=1)
+    iwae_images: int = option(500, "test images of the convergence study", low=1)
+    batch_images: int = option(250, "images per batch", low=1)
+    chunk: int = option(100, "samples per decoder call (memory: batch_images * chunk * 784 floats)", low=1)
+    vae_epochs: int = option(30, "epochs of the VAE trained here when no --from-run is given", low=1)
+
+
+RECIPES = {"seed": {}, "tuned": {}}  # an estimator, not a training recipe: both are the defaults
+QUICK = {"samples": (1, 10, 50), "images": 100, "iwae_samples": 200, "iwae_images": 20, "batch_images": 50,
+         "vae_epochs": 2}
+
+REFERENCES = [
+    Reference("train_logp", -250.7, "mean log p(x), training images (nats)", rule="higher", dataset="mnist"),
+    Reference("test_logp", -295.1, "mean log p(x), test images (nats)", rule="higher", dataset="mnist"),
+    Reference("most_likely_class", 1, 'most likely class (test): digit "1"', rule="near", dataset="mnist"),
+    Reference("class_1_test_logp", -57.8, 'mean log p(x) of digit "1"', rule="info", dataset="mnist"),
+]
+
+
+def vae_log_joint(model: VAE, x: torch.Tensor, continuous: bool) -> Callable[[torch.Tensor], torch.Tensor]:
+    """z [k, B, L] -> log p(x, z) = log p(x|z) + log p(z) [k, B] for the images x [B, D].
+
+    The Bernoulli term is sum_d log sigmoid(eta_d) - sum_d (1 - x_d) eta_d, and with eta = W h + b the
+    second sum is h . (W^T (1 - x)) + b . (1 - x): a [B, H] product computed once per batch instead of
+    two more passes over the [k, B, D] logits, which dominate the cost.
+    """
+    body, last = model.decoder[:-1], model.decoder[-1]
+    complement = 1 - x  # [B, D]
+    projected, offset = complement @ last.weight, complement @ last.bias  # [B, H], [B]
+
+    def log_joint(z: torch.Tensor) -> torch.Tensor:
+        hidden = body(z)  # [k, B, H]
+        logits = last(hidden)  # [k, B, D]
+        log_lik = F.logsigmoid(logits).sum(-1) - (hidden * projected).sum(-1) - offset
+        if continuous:
+            log_lik = log_lik + continuous_bernoulli_log_norm(logits).sum(-1)
+        return log_lik + standard_normal_log_density(z)
+
+    return log_joint
+
+
+@torch.no_grad()
+def estimate(model: VAE, x: torch.Tensor, counts: tuple[int, ...], cfg: Config, continuous: bool,
+             generator: torch.Generator) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+    """{K: (log p_hat [N], stderr [N])} for each K, from one draw of max(K) samples per image."""
+    parts: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {k: [] for k in counts}
+    for start in range(0, len(x), cfg.batch_images):
+        batch = x[start:start + cfg.batch_images]
+        mu, log_sigma = model.encoder(batch)
+        log_w = importance_log_weights(vae_log_joint(model, batch, continuous), mu, log_sigma, max(counts),
+                                       generator, cfg.chunk)  # [K, B]
+        for k in counts:
+            parts[k].append(log_mean_exp_with_stderr(log_w[:k]))
+    return {k: (torch.cat([p[0] for p in v]).cpu(), torch.cat([p[1] for p in v]).cpu()) for k, v in parts.items()}
+
+
+def summary(split: str, k: int, log_p: torch.Tensor, stderr: torch.Tensor) -> dict[str, Any]:
+    """One table row: the mean over images, its Monte Carlo error (from the per-image errors) and its
+    sampling error (which images were drawn), in nats and bits per dimension."""
+    mean = log_p.mean().item()
+    mc = math.sqrt(stderr.square().sum().item()) / len(log_p) if k > 1 else math.nan
+    return {"split": split, "K": k, "mean log p (nats)": mean, "MC s.e.": mc,
+            "s.e. over images": (log_p.std() / math.sqrt(len(log_p))).item(), "bits/dim": bits_per_dim(mean, 784)}
+
+
+def load_model(cfg: Config, run: Run, generator: torch.Generator) -> tuple[vae.Config, VAE, dict[str, Any]]:
+    """The last snapshot of the --from-run VAE (after checking it saw the same data), or a new one,
+    with the VAE's data splits (so "train" means the images it was trained on)."""
+    if run.from_run is None:
+        vae_cfg = vae.Config(**{**(vae.QUICK if cfg.quick else {}), "dataset": cfg.dataset,
+                                "epochs": cfg.vae_epochs, "seed": cfg.seed, "device": cfg.device})
+        data = vae.prepared_data(vae_cfg, run)
+        vae.train(vae_cfg, run, data, generator)
+        return vae_cfg, vae.load_snapshots(vae_cfg, run.dir, run.device)[vae_cfg.epochs], data
+    vae_cfg, models, _ = vae.load_run(run.from_run, run.device)
+    carve = json.loads((run.from_run / "config.json").read_text()).get("carve_test", 0.0)
+    if vae_cfg.dataset != cfg.dataset or carve != run.carve_test:
+        raise UsageError(f"--from-run {run.from_run} was trained on {vae_cfg.dataset} with --carve-test {carve}; "
+                         f"pass --dataset {vae_cfg.dataset} --carve-test {carve} so train and test are its splits")
+    run.note(f"VAE loaded from {run.from_run} (epoch {vae_cfg.epochs}, latent {vae_cfg.latent}, "
+             f"hidden {vae_cfg.hidden}, {vae_cfg.likelihood} likelihood)")
+    return vae_cfg, models[vae_cfg.epochs], vae.prepared_data(vae_cfg, run)
+
+
+def run(cfg: Config, run: Run) -> dict[str, Any]:
+    generator = seed_everything(cfg.seed)
+    vae_cfg, model, data = load_model(cfg, run, generator)
+    continuous = vae_cfg.likelihood == "continuous-bernoulli"
+    if not continuous:
+        run.note("Bernoulli likelihood on grey-level pixels (the source's): a log-probability for binary images; "
+                 "for grey levels not normalised over [0, 1] (train with --set likelihood=continuous-bernoulli)")
+    pick = torch.randperm(len(data["train_x"]), generator=torch.Generator().manual_seed(cfg.seed))
+    limit = cfg.images or None
+    splits = {"train": (data["train_x"][pick[:limit]], data["train_y"][pick[:limit]]),
+              "test": (data["test_x"][:limit], data["test_y"][:limit])}
+
+    # ---- the main estimates: every K from one draw of max(K) samples per image
+    results, rows, timings = {}, [], {}
+    for split, (x, _) in splits.items():
+        started = time.perf_counter()
+        results[split] = estimate(model, x, cfg.samples, cfg, continuous, generator)
+        timings[split] = time.perf_counter() - started
+        rows += [summary(split, k, *results[split][k]) for k in cfg.samples]
+    run.add_section("Estimates", markdown_table(rows) + f"\n\nK = {max(cfg.samples)} on {len(splits['test'][0]):,} "
+                    f"test images took {timings['test']:.1f} s.")
+
+    # ---- convergence with K up to the IWAE paper's 5000, on a test subset
+    counts = tuple(sorted({k for k in (1, 10, 100, 1000, cfg.iwae_samples) if k <= cfg.iwae_samples}))
+    subset = estimate(model, splits["test"][0][: cfg.iwae_images], counts, cfg, continuous, generator)
+    convergence = [summary("test subset", k, *subset[k]) for k in counts]
+    figure = plots.curves(convergence, "K", {"mean log p (nats)": "test subset"},
+                          f"IS estimate of log p(x) vs K ({cfg.iwae_images} test images)", "mean log p(x) (nats)",
+                          xlabel="K (importance samples)")
+    figure.axes[0].set_xscale("log")
+    run.save_figure(figure, "convergence",
+                    "Importance-sampling estimate against the number of samples (K = 1 is the ELBO)", rows=convergence)
+
+    # ---- per class, at the largest K
+    k = max(cfg.samples)
+    per_class = []
+    for index, name in enumerate(data["classes"]):
+        row: dict[str, Any] = {"class": name}
+        for split, (_, y) in splits.items():
+            members = results[split][k][0][y.cpu() == index]
+            row[f"{split} mean log p"] = members.mean().item() if len(members) else math.nan
+        per_class.append(row)
+    run.save_figure(plots.grouped_bars(per_class, "class", ["train mean log p", "test mean log p"],
+                                       f"Mean log p(x) per class (K = {k})", "mean log p(x) (nats)"),
+                    "per_class", "Mean log p(x) per class, training and test images", rows=per_class)
+    test_means = torch.tensor([row["test mean log p"] for row in per_class])
+    best = int(torch.nan_to_num(test_means, nan=-math.inf).argmax())
+    run.note(f"most likely class on the test images: {data['classes'][best]} ({test_means[best]:.1f} nats)")
+    means = {split: results[split][k][0].mean().item() for split in splits}
+    return {"train_logp": means["train"], "test_logp": means["test"],
+            "train_elbo": results["train"][1][0].mean().item() if 1 in cfg.samples else math.nan,
+            "test_elbo": results["test"][1][0].mean().item() if 1 in cfg.samples else math.nan,
+            "test_bits_per_dim": bits_per_dim(means["test"], 784), "most_likely_class": best,
+            "class_1_test_logp": per_class[1]["test mean log p"], "test_images": len(splits["test"][0]),
+            "k_max": k, "test_estimate_time_s": round(timings["test"], 2),
+            "iwae_k_logp": convergence[-1]["mean log p (nats)"]}
