@@ -136,6 +136,8 @@ def execute(module: Any, experiment_id: str, config: Any, args: argparse.Namespa
     run = Run(experiment=experiment_id, dir=folder, config=config, device=device, data_dir=args.data_dir,
               carve_test=args.carve_test, quiet=args.quiet, resume=resume_dir is not None,
               workers=args.workers, storage=args.storage, from_run=args.from_run)
+    if config.quick:
+        run.mark_not_comparable("--quick: a smoke-test size run, not comparable with the source")
     atomic_write_json(folder / "config.json", config_record(run))
     started = time.perf_counter()
     try:

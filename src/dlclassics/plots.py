@@ -94,6 +94,19 @@ def view_classify(images: torch.Tensor, probabilities: torch.Tensor, labels: tor
     return figure
 
 
+def scatter_trials(trials: Sequence[Mapping[str, Any]], value: str, title: str) -> plt.Figure:
+    """A search's objective value per trial, the running best as a step line."""
+    figure, axes = plt.subplots(figsize=(6.4, 4.0))
+    numbers = [row["trial"] for row in trials]
+    values = [row[value] for row in trials]
+    axes.scatter(numbers, values, label="trial")
+    axes.step(numbers, np.maximum.accumulate(values), where="post", color="C1", label="best so far")
+    axes.set(title=title, xlabel="trial", ylabel=value)
+    axes.grid(alpha=0.3)
+    axes.legend()
+    return figure
+
+
 def tile(images: torch.Tensor, columns: int) -> torch.Tensor:
     """[N, H, W] -> one [rows*H, columns*W] mosaic (missing cells black), so 64 samples are one image."""
     count, height, width = images.shape

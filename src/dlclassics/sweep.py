@@ -14,6 +14,7 @@ as surplus before doing any work (two workers can race for the last place).
 from __future__ import annotations
 
 import importlib
+import math
 import multiprocessing
 import os
 from collections.abc import Callable
@@ -104,19 +105,41 @@ def _worker(factory_path: str, payload: dict[str, Any], storage_url: str | None,
     run_trials(study, objective, n_trials)
 
 
+def enqueue_distinct(study: optuna.Study, space: dict[str, tuple], n_trials: int, seed: int) -> None:
+    """Random search without repetition: queue `n_trials` distinct points of a finite grid.
+
+    Optuna's RandomSampler draws with replacement, so on a small grid it tries the same point twice;
+    queued trials are taken by the workers first. Only done for a new study.
+    """
+    if study.get_trials(deepcopy=False):
+        return
+    sizes = [len(choices) for choices in space.values()]
+    total = math.prod(sizes)
+    picks = torch.randperm(total, generator=torch.Generator().manual_seed(seed))[: min(n_trials, total)]
+    for flat in picks.tolist():
+        point = {}
+        for (name, choices), size in zip(space.items(), sizes):
+            flat, index = divmod(flat, size)
+            point[name] = choices[index]
+        study.enqueue_trial(point)
+
+
 def optimize(factory_path: str, payload: dict[str, Any], *, study_dir: Path, study_name: str, n_trials: int,
              direction: str = "maximize", sampler: str = "random", seed: int = 0, workers: int = 1,
-             storage_url: str | None = None) -> optuna.Study:
+             storage_url: str | None = None, grid: dict[str, tuple] | None = None) -> optuna.Study:
     """Create or resume a study and finish `n_trials` trials with `workers` local processes.
 
     `factory_path` names a module-level function `make_objective(payload) -> objective(trial)`;
-    each worker process imports it, so the objective needs no pickling.
+    each worker process imports it, so the objective needs no pickling. With a finite `grid` and
+    the random sampler, the points are drawn without repetition.
     """
     if workers < 1:
         raise UsageError("--workers must be at least 1")
     storage = open_storage(storage_url, study_dir)
     study = optuna.create_study(study_name=study_name, storage=storage, direction=direction,
                                 sampler=make_sampler(sampler, seed), load_if_exists=True)
+    if grid is not None and sampler == "random":
+        enqueue_distinct(study, grid, n_trials, seed)
     if workers == 1:
         module_name, _, function_name = factory_path.rpartition(".")
         run_trials(study, getattr(importlib.import_module(module_name), function_name)(payload), n_trials)
