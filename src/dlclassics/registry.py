@@ -13,6 +13,8 @@ from types import ModuleType
 from dlclassics.errors import UsageError
 
 EXPERIMENTS: dict[str, str] = {
+    "loss-landscape": "dlclassics.experiments.loss_landscape",
+    "dense-autoencoder": "dlclassics.experiments.dense_autoencoder",
     "he-init": "dlclassics.experiments.he_init",
     "least-squares": "dlclassics.experiments.least_squares",
     "optimizers-noisy": "dlclassics.experiments.optimizers_noisy",
