@@ -14,7 +14,7 @@ The model is S1's best MLP (784-40-40-40-10); the trajectory is a synthetic 51-p
 The per-point loops are timed on `--source-points` grid points and scaled to 625 (each point costs
 the same). Timings on a shared machine are noisy.
 
-    python benchmarks/bench_landscape.py [--source-points 125] [--chunk 32]
+    python benchmarks/bench_landscape.py [--source-points 125] [--chunk 0]
 """
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ def images(n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tens
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--source-points", type=int, default=125, help="grid points the per-point loops are timed on")
-    parser.add_argument("--chunk", type=int, default=32, help="points per batched call (ours)")
+    parser.add_argument("--chunk", type=int, default=0, help="points per batched call (ours; 0 = auto)")
     parser.add_argument("--grid", type=int, default=25)
     parser.add_argument("--subset", type=int, default=2500)
     args = parser.parse_args()
@@ -112,6 +112,7 @@ def main() -> None:
     coefficients = landscape.mesh(xs, ys)  # [grid^2, 2]
     n_points = len(coefficients)
     mean, directions = torch.from_numpy(pca.mean_).float(), torch.from_numpy(pca.components_).float()
+    args.chunk = args.chunk or landscape.auto_chunk(model, len(x))
 
     landscape.losses_at(model, landscape.plane_chunks(mean, directions, coefficients[:args.chunk], args.chunk), x, y)
     started = time.perf_counter()

@@ -84,6 +84,13 @@ def losses_on_plane(model: nn.Module, origin: torch.Tensor, directions: torch.Te
     return {"loss": torch.cat(losses), "accuracy": torch.cat(accuracies)}
 
 
+def auto_chunk(model: nn.Module, examples: int, budget_bytes: float = 16e6) -> int:
+    """Points per batched call such that one layer's activations [C, examples, widest] fit the budget:
+    wide networks get small chunks (their per-point products are already large), narrow ones big ones."""
+    widest = max(p.shape[0] for p in model.parameters())
+    return max(1, int(budget_bytes // (4 * examples * widest)))
+
+
 def plane_chunks(origin: torch.Tensor, directions: torch.Tensor, coefficients: torch.Tensor,
                  chunk: int = 32) -> Iterator[torch.Tensor]:
     """Points origin + coefficients @ directions, chunk by chunk: origin [P], directions [k, P],

@@ -53,7 +53,8 @@ class Config(BaseConfig):
     grid: int = option(25, "grid points per axis", low=3)
     margin: float = option(0.2, "PCA grid margin, as a fraction of the trajectory's range", low=0.0)
     span: float = option(1.0, "filter-normalised grid: coefficients in [-span, span]", low=0.0, low_open=True)
-    chunk: int = option(32, "grid points evaluated per batched call", low=1)
+    chunk: int = option(0, "grid points evaluated per batched call (0 = as many as 16 MB of activations hold)",
+                        low=0)
 
 
 # seed = the source's 50 retraining epochs of its best configuration (3 x 40 units, batch 16, lr 0.01, L2 0.001)
@@ -120,13 +121,14 @@ def run(cfg: Config, run: Run) -> dict[str, Any]:
     chosen = chosen.to(run.device)
     x, y = train_x[chosen], train_y[chosen]
     final, start = trajectory[-1], trajectory[0]
+    chunk = cfg.chunk or landscape.auto_chunk(model, len(x))
 
     def losses(origin: torch.Tensor, directions: torch.Tensor, coefficients: torch.Tensor) -> dict[str, torch.Tensor]:
-        found = landscape.losses_on_plane(model, origin, directions, coefficients.to(run.device), x, y, cfg.chunk)
+        found = landscape.losses_on_plane(model, origin, directions, coefficients.to(run.device), x, y, chunk)
         return {k: v.cpu() for k, v in found.items()}
 
     # the trajectory's points at their own loss (also warms up vmap, so the grid timing below is fair)
-    own = {k: v.cpu() for k, v in landscape.losses_at(model, trajectory, x, y, cfg.chunk).items()}
+    own = {k: v.cpu() for k, v in landscape.losses_at(model, trajectory, x, y, chunk).items()}
 
     # Method 1 (the source's): the PCA plane of the trajectory.
     plane = landscape.pca_plane(trajectory)
