@@ -100,3 +100,20 @@ def test_plane_shortcut_for_the_first_layer_equals_the_generic_evaluation(small_
     generic = landscape.losses_at(model, landscape.plane_chunks(origin, directions, coefficients, 4), x, y)
     assert torch.allclose(shortcut["loss"], generic["loss"], atol=1e-5)
     assert torch.equal(shortcut["accuracy"], generic["accuracy"])
+
+
+def test_loss_landscape_reads_a_fashion_mlp_run(image_data_dir, tmp_path):
+    producer = run_quick("fashion-mlp", image_data_dir, tmp_path / "mlp")
+    folder = run_quick("loss-landscape", image_data_dir, tmp_path / "landscape", "--from-run", str(producer))
+    metrics = json.loads((folder / "metrics.json").read_text())
+    saved = torch.load(producer / "trajectory.pt", weights_only=True)
+    assert metrics["parameters"] == saved["parameters"].shape[1]
+    assert metrics["trajectory_points"] == len(saved["parameters"]) and metrics["centre_loss_gap"] < 1e-4
+
+
+def test_missing_trajectory_is_one_clear_error(image_data_dir, tmp_path, capsys):
+    from dlclassics.cli import main
+
+    code = main(["run", "loss-landscape", "--quick", "--quiet", "--data-dir", str(image_data_dir),
+                 "--out", str(tmp_path / "runs"), "--from-run", str(tmp_path)])
+    assert code == 1 and "has no trajectory.pt" in capsys.readouterr().err
