@@ -45,14 +45,15 @@ class Config(BaseConfig):
     images: int = option(10000, "images per split (train: a fixed random subset; 0 = all)", low=0)
     iwae_samples: int = option(5000, "K of the convergence study on a test subset (the IWAE paper's 5000)", low=1)
     iwae_images: int = option(500, "test images of the convergence study", low=1)
-    batch_images: int = option(250, "images per batch", low=1)
-    chunk: int = option(100, "samples per decoder call (memory: batch_images * chunk * 784 floats)", low=1)
+    # batch_images * chunk = 2,000 decoder rows per call: ~6 MB of logits stay in cache, which measured
+    # ~1.8x faster than 25,000-row calls on this CPU
+    batch_images: int = option(100, "images per batch", low=1)
+    chunk: int = option(20, "samples per decoder call (batch_images * chunk rows of 784 logits)", low=1)
     vae_epochs: int = option(30, "epochs of the VAE trained here when no --from-run is given", low=1)
 
 
 RECIPES = {"seed": {}, "tuned": {}}  # an estimator, not a training recipe: both are the defaults
-QUICK = {"samples": (1, 10, 50), "images": 100, "iwae_samples": 200, "iwae_images": 20, "batch_images": 50,
-         "vae_epochs": 2}
+QUICK = {"samples": (1, 10, 50), "images": 100, "iwae_samples": 200, "iwae_images": 20, "vae_epochs": 2}
 
 REFERENCES = [
     Reference("train_logp", -250.7, "mean log p(x), training images (nats)", rule="higher", dataset="mnist"),
