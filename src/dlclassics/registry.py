@@ -19,6 +19,7 @@ EXPERIMENTS: dict[str, str] = {
     "least-squares": "dlclassics.experiments.least_squares",
     "optimizers-noisy": "dlclassics.experiments.optimizers_noisy",
     "fashion-mlp": "dlclassics.experiments.fashion_mlp",
+    "fashion-mlp-enhanced": "dlclassics.experiments.fashion_mlp_enhanced",
     "mnist-mlp": "dlclassics.experiments.mnist_mlp",
     "mnist-classifier": "dlclassics.experiments.mnist_classifier",
     "vae": "dlclassics.experiments.vae",
