@@ -47,7 +47,7 @@ class Config(BaseConfig):
     lr: float = option(0.01, "SGD learning rate (without --from-run)", low=0.0, low_open=True)
     batch_size: int = option(16, "SGD minibatch size (without --from-run)", low=1)
     weight_decay: float = option(1e-3, "L2 strength on weight matrices (without --from-run)", low=0.0)
-    epochs: int = option(15, "training epochs = trajectory points - 1 (without --from-run)", low=1)
+    epochs: int = option(10, "training epochs = trajectory points - 1 (without --from-run)", low=1)
     limit: int = option(0, "train on the first N training images only (0 = all)", low=0)
     subset: int = option(2500, "training examples the loss is measured on", low=10)
     grid: int = option(25, "grid points per axis", low=3)
@@ -138,6 +138,9 @@ def run(cfg: Config, run: Run) -> dict[str, Any]:
     grid_time = time.perf_counter() - started
     on_plane = losses(plane["mean"], plane["directions"], plane["coordinates"])
     save_pca_figures(run, xs, ys, pca_grid, plane, own, on_plane)
+    run.note(f"grids: evaluated {chunk} points per batched call (torch.func.vmap), the first layer once per plane; "
+             "trajectory_plane_gap = largest |own loss - surface loss at its projection| along the trajectory "
+             "(how much the 2D plane misses)")
 
     # Method 2 (beyond): filter-normalised random directions around the final weights, and 1D interpolation.
     directions = torch.stack([landscape.filter_normalized_direction(model, final.cpu(), generator)
