@@ -27,8 +27,9 @@ import torch
 from dlclassics.errors import RunError, UsageError
 
 Objective = Callable[[optuna.trial.Trial], float]
-HEARTBEAT_SECONDS = 10
-GRACE_SECONDS = 30
+# How often a running trial reports it is alive, and after how long without a report it is failed.
+HEARTBEAT_SECONDS = int(os.environ.get("DLCLASSICS_SWEEP_HEARTBEAT", "10"))
+GRACE_SECONDS = int(os.environ.get("DLCLASSICS_SWEEP_GRACE", "30"))
 SURPLUS = "surplus"
 ERROR = "error"
 
@@ -140,8 +141,12 @@ def optimize(factory_path: str, payload: dict[str, Any], *, study_dir: Path, stu
                                 sampler=make_sampler(sampler, seed), load_if_exists=True)
     if grid is not None and sampler == "random":
         enqueue_distinct(study, grid, n_trials, seed)
+    # A resumed study or a second worker must not replay the same random draws: the sampler's seed
+    # depends on how many trials exist already and on the worker's rank.
+    seed = seed + 100_003 * len(study.get_trials(deepcopy=False))
     if workers == 1:
         module_name, _, function_name = factory_path.rpartition(".")
+        study.sampler = make_sampler(sampler, seed)
         run_trials(study, getattr(importlib.import_module(module_name), function_name)(payload), n_trials)
         return study
     threads = max(1, (os.cpu_count() or 1) // workers)
