@@ -13,18 +13,24 @@ from types import ModuleType
 from dlclassics.errors import UsageError
 
 EXPERIMENTS: dict[str, str] = {
-    "loss-landscape": "dlclassics.experiments.loss_landscape",
-    "dense-autoencoder": "dlclassics.experiments.dense_autoencoder",
-    "he-init": "dlclassics.experiments.he_init",
-    "least-squares": "dlclassics.experiments.least_squares",
-    "optimizers-noisy": "dlclassics.experiments.optimizers_noisy",
-    "fashion-mlp": "dlclassics.experiments.fashion_mlp",
-    "fashion-mlp-enhanced": "dlclassics.experiments.fashion_mlp_enhanced",
+    # A. Classifiers (the catalogue's sections)
     "mnist-mlp": "dlclassics.experiments.mnist_mlp",
     "mnist-classifier": "dlclassics.experiments.mnist_classifier",
+    "fashion-mlp": "dlclassics.experiments.fashion_mlp",
+    "fashion-mlp-enhanced": "dlclassics.experiments.fashion_mlp_enhanced",
+    # B. Representation learning and generative models
+    "dense-autoencoder": "dlclassics.experiments.dense_autoencoder",
     "vae": "dlclassics.experiments.vae",
     "latent-optimization": "dlclassics.experiments.latent_optimization",
     "vae-loglik": "dlclassics.experiments.vae_loglik",
+    # C. Optimisation and initialisation
+    "least-squares": "dlclassics.experiments.least_squares",
+    "optimizers-noisy": "dlclassics.experiments.optimizers_noisy",
+    "he-init": "dlclassics.experiments.he_init",
+    "loss-landscape": "dlclassics.experiments.loss_landscape",
+    # E. Energy model and sampling
+    "energy-regressor": "dlclassics.experiments.energy_regressor",
+    "mcmc-sampling": "dlclassics.experiments.mcmc_sampling",
 }
 
 
