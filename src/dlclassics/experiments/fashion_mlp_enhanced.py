@@ -41,7 +41,7 @@ ENHANCEMENTS = {"batchnorm": (True, False), "dropout": (0.0, 0.2, 0.3, 0.5),
 SEARCH_SPACES: dict[str, mlp_search.SearchSpace] = {
     "seed": {"layers": (3, 4, 5), "units": (64, 128, 256), "lr": (0.001, 0.0005, 0.0001),
              "batch_size": (32, 64, 128), "l2": (0.0, 0.0001, 0.00001), "epochs": (30, 40), **ENHANCEMENTS},
-    "tuned": {"layers": (2, 3), "units": (512, 1024), "lr": (0.02, 0.05, 0.1), "batch_size": (128, 256),
+    "tuned": {"layers": (2, 3), "units": (256, 512), "lr": (0.02, 0.05, 0.1), "batch_size": (128, 256),
               "l2": (1e-5, 1e-4, 5e-4), "epochs": (4,), **ENHANCEMENTS},
 }
 
