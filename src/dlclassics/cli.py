@@ -62,6 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     runs.add_argument("experiment", nargs="?")
     runs.add_argument("--out", type=Path, default=DEFAULT_RUNS)
     runs.add_argument("--limit", type=int, default=20)
+    runs.add_argument("--markdown", action="store_true",
+                      help="the latest run of each experiment as README results-table rows")
 
     data = commands.add_parser("data", help="dataset status and download")
     data_commands = data.add_subparsers(dest="data_command", required=True, parser_class=_Parser)
@@ -154,6 +156,9 @@ def command_runs(args: argparse.Namespace) -> int:
     from dlclassics.runs import format_number, list_runs
 
     rows = list_runs(args.out, args.experiment)[: args.limit]
+    if args.markdown:
+        print(results_table(rows))
+        return 0
     if not rows:
         print(f"no finished runs under {args.out}")
     for row in rows:
@@ -161,6 +166,27 @@ def command_runs(args: argparse.Namespace) -> int:
         summary = ", ".join(f"{k}={format_number(row['metrics'][k])}" for k in keys)
         print(f"{row['experiment']:<22} {Path(row['path']).name:<26} {summary}")
     return 0
+
+
+def results_table(rows: list[dict[str, Any]]) -> str:
+    """One Markdown row per reference of the newest run of each experiment (rows are newest first)."""
+    from dlclassics.runs import format_number, reference_rows
+
+    lines = ["| experiment | what | source | ours | verdict | wall time | machine |", "|---|---|---|---|---|---|---|"]
+    seen = set()
+    for row in rows:
+        if row["experiment"] in seen or row["experiment"] not in registry.EXPERIMENTS:
+            continue
+        seen.add(row["experiment"])
+        record = json.loads((Path(row["path"]) / "config.json").read_text())
+        comparable = "not comparable" not in (Path(row["path"]) / "report.md").read_text()
+        machine = f"{record['machine']['processor']}, {record['machine']['cpu_count']} cores, {record['device']}"
+        metrics = row["metrics"]
+        for ref in reference_rows(registry.load(row["experiment"]).REFERENCES, metrics,
+                                  record["config"].get("dataset"), comparable):
+            lines.append(f"| {row['experiment']} | {ref['what']} | {format_number(ref['source'])} | "
+                         f"{format_number(ref['ours'])} | {ref['verdict']} | {metrics['wall_time_s']:.0f} s | {machine} |")
+    return "\n".join(lines)
 
 
 def command_data(args: argparse.Namespace) -> int:
@@ -190,3 +216,5 @@ def main(argv: list[str] | None = None) -> int:
     except (UsageError, RunError) as exc:
         print(f"dlclassics: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except BrokenPipeError:  # `dlclassics list | head`
+        return 0
