@@ -13,7 +13,7 @@ import dataclasses
 import math
 import random
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -57,15 +57,32 @@ def weight_decay_groups(model: nn.Module, weight_decay: float) -> list[dict[str,
     return [{"params": decayed, "weight_decay": weight_decay}, {"params": plain, "weight_decay": 0.0}]
 
 
+def can_fuse(model: nn.Module) -> bool:
+    """Whether torch's fused optimizer kernels apply: floating parameters on the CPU or CUDA, dense gradients.
+
+    A fused step makes one pass over each parameter; the default (a loop over parameters, or `foreach`)
+    makes one pass per arithmetic operation (weight decay, momentum, Nesterov, update) and allocates
+    temporaries, which for a 784-1024-1024-10 MLP cost 4-6x the time (about a quarter of a training step).
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    sparse = any(getattr(module, "sparse", False) for module in model.modules()
+                 if isinstance(module, (nn.Embedding, nn.EmbeddingBag)))
+    return bool(params) and not sparse and all(p.is_floating_point() and p.device.type in ("cpu", "cuda")
+                                               for p in params)
+
+
 def make_optimizer(name: str, model: nn.Module, lr: float, weight_decay: float = 0.0,
                    momentum: float = 0.0) -> torch.optim.Optimizer:
+    """SGD (Nesterov when momentum > 0), Adam or AdamW with L2 on weights only, fused where possible
+    (same updates as the unfused loop up to float rounding)."""
     groups = weight_decay_groups(model, weight_decay)
+    fused = can_fuse(model) or None  # None lets torch choose, as before
     if name == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=momentum > 0)
+        return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=momentum > 0, fused=fused)
     if name == "adam":
-        return torch.optim.Adam(groups, lr=lr)
+        return torch.optim.Adam(groups, lr=lr, fused=fused)
     if name == "adamw":
-        return torch.optim.AdamW(groups, lr=lr)
+        return torch.optim.AdamW(groups, lr=lr, fused=fused)
     raise RunError(f"unknown optimizer '{name}'; use sgd, adam or adamw")
 
 
@@ -94,6 +111,19 @@ def evaluate_classifier(model: nn.Module, inputs: torch.Tensor, targets: torch.T
     loss = nn.functional.cross_entropy(logits, targets).item()
     return {"loss": loss, "accuracy": (logits.argmax(1) == targets).float().mean().item(),
             "probabilities": logits.softmax(1)}
+
+
+def epoch_batches(data: Sequence[torch.Tensor], batch_size: int,
+                  generator: torch.Generator) -> Iterator[list[torch.Tensor]]:
+    """One epoch of shuffled minibatches: one permutation, one gather of each tensor, then slices.
+
+    The gather costs one copy of the data per epoch; every batch after it is a view (no per-sample
+    indexing or collation, which is where a DataLoader over a TensorDataset spends its time).
+    """
+    order = torch.randperm(len(data[0]), generator=generator).to(data[0].device)
+    shuffled = [tensor[order] for tensor in data]
+    for start in range(0, len(order), batch_size):
+        yield [tensor[start:start + batch_size] for tensor in shuffled]
 
 
 @dataclasses.dataclass
@@ -147,11 +177,8 @@ def fit(model: nn.Module, data: Sequence[torch.Tensor], *, optimizer: torch.opti
     bar = _progress(total=steps_per_epoch * (epochs - first_epoch + 1), quiet=quiet, desc=desc)
     for epoch in range(first_epoch, epochs + 1):
         model.train()
-        order = torch.randperm(n, generator=generator).to(data[0].device)
-        shuffled = [tensor[order] for tensor in data]
         sums: dict[str, float] = {}
-        for start in range(0, n, batch_size):
-            batch = [tensor[start:start + batch_size] for tensor in shuffled]
+        for batch in epoch_batches(data, batch_size, generator):
             outputs = step(model, batch)
             optimizer.zero_grad(set_to_none=True)
             outputs["loss"].backward()
