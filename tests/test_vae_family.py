@@ -126,3 +126,36 @@ def test_importance_sampling_converges_to_the_exact_ppca_likelihood():
     assert errors[0] > errors[1] > errors[2] and errors[3] < 0.01 and errors[4] < 0.005
     assert all(a > b for a, b in zip(stderrs[1:], stderrs[2:]))  # s.e. ~ 1/sqrt(K)
     assert stderrs[4] == pytest.approx(stderrs[3] * math.sqrt(1000 / 20000), rel=0.2)
+
+
+# ---------------------------------------------------------------- reproduction runs (slow)
+
+def _cli_run(out, *args: str):
+    from dlclassics.cli import main
+
+    assert main(["run", *args, "--quiet", "--out", str(out)]) == 0
+    (folder,) = [p for p in (out / args[0]).iterdir() if p.is_dir()]
+    return folder, json.loads((folder / "metrics.json").read_text())
+
+
+@pytest.mark.slow
+def test_fashion_classifier_reaches_the_target(tmp_path):
+    from dlclassics.data.images import find_folder, image_spec
+
+    if find_folder(image_spec("fashion-mnist"), None) is None:
+        pytest.skip("Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist)")
+    _, metrics = _cli_run(tmp_path, "mnist-classifier", "--dataset", "fashion-mnist")
+    assert metrics["test_accuracy"] >= 0.91
+
+
+@pytest.mark.slow
+def test_mnist_vae_loglik_digit_one_is_most_likely(tmp_path):
+    from conftest import SHARED_DATASETS
+
+    if not (SHARED_DATASETS / "mnist-t10k").is_dir():
+        pytest.skip(f"{SHARED_DATASETS}/mnist-t10k is absent")
+    data = ["--data-dir", str(SHARED_DATASETS), "--carve-test", "0.2"]
+    vae_run, _ = _cli_run(tmp_path / "vae", "vae", *data)
+    _, metrics = _cli_run(tmp_path / "loglik", "vae-loglik", *data, "--from-run", str(vae_run))
+    assert metrics["most_likely_class"] == 1
+    assert metrics["test_elbo"] < metrics["test_logp"]

@@ -65,7 +65,7 @@ def snapshot_epochs(epochs: int) -> list[int]:
     return sorted({e for e in SNAPSHOTS if e <= epochs} | {epochs})
 
 
-def prepared_data(cfg: Any, run: Run) -> dict[str, Any]:
+def prepared_data(cfg: Config, run: Run) -> dict[str, Any]:
     """Pixels in [0, 1] as [N, 784]: train / validation (held out of the training split) / test."""
     data = load_for_run(run, cfg.dataset)
     train_x, train_y, val_x, val_y = holdout(data.train_x, data.train_y, cfg.val_fraction, cfg.seed)
