@@ -1,0 +1,155 @@
+"""energy-regressor: S0 Task 0, the `EnergyRegressor` and the MSE of its energies.
+
+Source: `../shared/seeds/000_6ebb978367e9de68.txt`, Task 0. A 14.4M-parameter MLP 784 -> 4096 ->
+2048 -> ... -> 2 -> 1 with ReLU between the layers, loaded from a state-dict file and evaluated
+by the MSE of its energies on a data file `{"x": [N, 784], "energy": [N, 1]}`. Reference: loss
+288.1554 on the source's 100,000-example file with its trained weights.
+
+The source's files are not available. With `--set data_file=... --set weights_file=...` this
+experiment evaluates them exactly as the source did (files are read with weights_only=True; a
+pickled object is refused). Without them it builds an energy it can compute exactly (a Gaussian
+mixture in the top principal coordinates of Fashion-MNIST plus an isotropic residual, see
+`models/energy.py`), draws an (x, energy) set from it, saves the test set in the source's file
+format, trains the regressor and reports train and test MSE. Either file alone works too: a data
+file alone is split 80/20 and trained on; weights alone are evaluated on the generated set.
+
+    dlclassics run energy-regressor
+    dlclassics run energy-regressor --set data_file=A4_test_data.pt --set weights_file=trained_model_weights.pth
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import torch
+
+from dlclassics import plots
+from dlclassics.config import BaseConfig, option
+from dlclassics.data.images import load_for_run
+from dlclassics.engine import seed_everything
+from dlclassics.models.energy import (PARTS, EnergyRegressor, build_energy_task, load_energy_data,
+                                      load_energy_weights, mse, predict, save_energy_data, train_energy_regressor)
+from dlclassics.runs import Reference, Run, atomic_torch_save, markdown_table
+
+TITLE = "Energy regressor: S0's 14M-parameter MLP and the MSE of its energies (S0 Task 0)"
+
+
+@dataclasses.dataclass(frozen=True)
+class Config(BaseConfig):
+    data_file: str = option("", "S0's data file {'x': [N, 784], 'energy': [N, 1]} ('' = generate one)")
+    weights_file: str = option("", "S0's weights file, an EnergyRegressor state dict ('' = train one)")
+    dataset: str = option("fashion-mnist", "images the exact energy is fitted to", choices=("mnist", "fashion-mnist"))
+    pca_components: int = option(32, "principal coordinates carrying the Gaussian mixture", low=1, high=783)
+    mixture_components: int = option(10, "Gaussian mixture components", low=1)
+    fit_images: int = option(0, "training images the exact energy is fitted to (0 = all)", low=0)
+    n_train: int = option(15000, "generated training examples", low=3)
+    n_test: int = option(3000, "generated test examples", low=3)
+    epochs: int = option(4, "training epochs", low=1)
+    batch_size: int = option(128, "minibatch size", low=1)
+    lr: float = option(3e-4, "Adam learning rate (cosine decay to 0)", low=0.0, low_open=True)
+
+
+# The source only evaluated given weights; it did not say how they were trained.
+RECIPES: dict[str, dict[str, Any]] = {"seed": {}, "tuned": {}}
+QUICK = {"n_train": 240, "n_test": 60, "epochs": 1, "batch_size": 32, "pca_components": 8, "mixture_components": 2,
+         "fit_images": 1000}
+
+REFERENCES = [
+    Reference("file_loss", 288.1554, "MSE on S0's 100,000-example test file with S0's weights", rule="near",
+              tolerance=0.001),
+    Reference("test_loss", "(none)", "MSE on our generated test set (exact energies)", rule="info"),
+]
+
+
+def run(cfg: Config, run: Run) -> dict[str, Any]:
+    generator = seed_everything(cfg.seed)
+    if cfg.data_file and cfg.weights_file:  # S0 Task 0 exactly: evaluate the given weights on the given file
+        x, energy = load_energy_data(cfg.data_file)
+        model = load_energy_weights(cfg.weights_file).to(run.device)
+        run.add_section("Model", model_summary(model))
+        run.note(f"evaluated {cfg.weights_file} on {cfg.data_file} ({len(x):,} examples), as S0's get_results.py")
+        return {"file_loss": mse(model, x, energy), "examples": len(x)}
+
+    parts: torch.Tensor | None = None
+    pixels: dict[str, float] = {}
+    if cfg.data_file:
+        x, energy = load_energy_data(cfg.data_file)
+        order = torch.randperm(len(x), generator=generator)
+        cut = int(0.8 * len(x))
+        x_train, e_train, x_test, e_test = x[order[:cut]], energy[order[:cut]], x[order[cut:]], energy[order[cut:]]
+        run.mark_not_comparable(f"trained on 80% of {cfg.data_file} and tested on the rest (S0 gave no training recipe)")
+    else:
+        data = load_for_run(run, cfg.dataset)
+        task = build_energy_task(data.train_x, data.test_x, pca_components=cfg.pca_components,
+                                 mixture_components=cfg.mixture_components, n_train=cfg.n_train, n_test=cfg.n_test,
+                                 seed=cfg.seed, generator=generator, fit_images=cfg.fit_images)
+        x_train, e_train, x_test, e_test, parts = task.x_train, task.e_train, task.x_test, task.e_test, task.part_test
+        save_energy_data(run.dir / "energy_test_data.pt", x_test, e_test)  # S0's data-file format
+        pixels = {"pixel_mean": task.pixel_mean, "pixel_std": task.pixel_std}  # for mcmc-sampling --from-run
+        atomic_torch_save(run.dir / "exact_energy.pt", task.exact.state_dict())
+        run.mark_not_comparable(
+            f"S0's data and weights are not available: energies are exact -log p(x) of a {cfg.mixture_components}-"
+            f"component Gaussian mixture on the top {cfg.pca_components} principal coordinates of {cfg.dataset} "
+            f"(pixels standardised with mean {task.pixel_mean:.4f}, std {task.pixel_std:.4f}) times an isotropic "
+            "Gaussian residual; a third each of exact samples, real images and noise-to-sample paths. "
+            "The test set is saved in S0's format as energy_test_data.pt")
+
+    if cfg.weights_file:
+        model = load_energy_weights(cfg.weights_file).to(run.device)
+        history: list[dict[str, float]] = []
+        train_loss = mse(model, x_train, e_train)
+    else:
+        model, history = train_energy_regressor(
+            x_train, e_train, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, generator=generator,
+            device=run.device, evaluate=lambda m: {"test_loss": mse(m, x_test, e_test)},
+            checkpoint=run.checkpoint_path, resume=run.resume, quiet=run.quiet, desc=run.experiment)
+        run.save_history(history)
+        train_loss = mse(model, x_train, e_train)
+        run.save_model(model)  # S0's weights-file format: a plain EnergyRegressor state dict
+        run.checkpoint_path.unlink(missing_ok=True)  # 170 MB of Adam state, only needed to resume
+    run.add_section("Model", model_summary(model))
+
+    predicted = predict(model, x_test)
+    metrics = {"train_loss": train_loss, "test_loss": mse(model, x_test, e_test),
+               "test_energy_variance": e_test.var().item(),  # the MSE of always predicting the mean
+               "train_examples": len(x_train), "test_examples": len(x_test), **pixels}
+    metrics["test_r2"] = 1.0 - metrics["test_loss"] / metrics["test_energy_variance"]
+    if parts is not None:
+        rows = [{"part": name, "examples": int((parts == i).sum()),
+                 "test_mse": torch.nn.functional.mse_loss(predicted[parts == i], e_test[parts == i]).item(),
+                 "energy_mean": e_test[parts == i].mean().item(), "energy_std": e_test[parts == i].std().item()}
+                for i, name in enumerate(PARTS) if (parts == i).any()]
+        run.add_section("Test MSE per kind of example", markdown_table(rows))
+    save_figures(run, history, e_test, predicted, parts)
+    return metrics
+
+
+def model_summary(model: EnergyRegressor) -> str:
+    """The module printout (as S0 showed it) and the parameter count."""
+    count = sum(p.numel() for p in model.parameters())
+    return f"{count:,} parameters.\n\n```\n{model}\n```"
+
+
+def save_figures(run: Run, history: list[dict[str, float]], truth: torch.Tensor, predicted: torch.Tensor,
+                 parts: torch.Tensor | None) -> None:
+    import matplotlib.pyplot as plt
+
+    if history:
+        run.save_figure(plots.curves(history, "epoch", {"train_loss_energy_units": "train MSE",
+                                                        "test_loss": "test MSE"},
+                                     "Energy regression loss per epoch", "MSE (energy units squared)", logy=True),
+                        "loss", "Train and test MSE per epoch", rows=history)
+    figure, axes = plt.subplots(figsize=(5.5, 5.0))
+    groups = [(parts == i, name) for i, name in enumerate(PARTS)] if parts is not None else [(None, "test")]
+    for mask, name in groups:
+        t, p = (truth, predicted) if mask is None else (truth[mask], predicted[mask])
+        axes.scatter(t.flatten().numpy(), p.flatten().numpy(), s=4, alpha=0.5, label=name)
+    low, high = truth.min().item(), truth.max().item()
+    axes.plot([low, high], [low, high], "k--", linewidth=1, label="predicted = true")
+    axes.set(title="Predicted vs true energy (test set)", xlabel="true energy", ylabel="predicted energy")
+    axes.legend(fontsize=8)
+    axes.grid(alpha=0.3)
+    run.save_figure(figure, "predicted_vs_true", "Predicted against true energies on the test set",
+                    data={"true": truth, "predicted": predicted,
+                          **({"part": parts} if parts is not None else {})})
