@@ -149,5 +149,5 @@ def grouped_bars(rows: Sequence[Mapping[str, Any]], category: str, series: Seque
     axes.set_xticklabels([str(row[category]) for row in rows], rotation=30 if len(rows) > 10 else 0, fontsize=8)
     axes.set(title=title, xlabel=category, ylabel=ylabel)
     axes.grid(axis="y", alpha=0.3)
-    axes.legend()
+    axes.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=len(series), fontsize=8)
     return figure

@@ -173,6 +173,7 @@ def run(cfg: Config, run: Run) -> dict[str, Any]:
     run.save_figure(plots.grouped_bars(per_class, "class", ["train mean log p", "test mean log p"],
                                        f"Mean log p(x) per class (K = {k})", "mean log p(x) (nats)"),
                     "per_class", "Mean log p(x) per class, training and test images", rows=per_class)
+    run.add_section(f"Per class (K = {k})", markdown_table(per_class))
     test_means = torch.tensor([row["test mean log p"] for row in per_class])
     best = int(torch.nan_to_num(test_means, nan=-math.inf).argmax())
     run.note(f"most likely class on the test images: {data['classes'][best]} ({test_means[best]:.1f} nats)")
