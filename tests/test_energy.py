@@ -133,7 +133,13 @@ def test_evil_weights_file_fails_the_run_with_one_line(tmp_path, capsys):
 
 
 def test_mcmc_sampling_quick_from_an_energy_regressor_run(image_data_dir, tmp_path):
-    source = run_quick("energy-regressor", image_data_dir, tmp_path / "source")
+    # a minimal energy-regressor run folder: weights, exact energy and pixel statistics
+    source = tmp_path / "source"
+    source.mkdir()
+    torch.save(EnergyRegressor().state_dict(), source / "model.pt")
+    exact = fit_pca_mixture(torch.randn(300, 784), pca_components=4, mixture_components=2, seed=0)
+    torch.save(exact.state_dict(), source / "exact_energy.pt")
+    (source / "metrics.json").write_text(json.dumps({"pixel_mean": 0.2, "pixel_std": 0.3}))
     folder = run_quick("mcmc-sampling", image_data_dir, tmp_path / "runs", "--from-run", str(source))
     metrics = json.loads((folder / "metrics.json").read_text())
     assert 0.0 <= metrics["mala_acceptance_rate"] <= 1.0 and metrics["ula_acceptance_rate"] == 1.0
@@ -141,3 +147,9 @@ def test_mcmc_sampling_quick_from_an_energy_regressor_run(image_data_dir, tmp_pa
     for figure in ("tsne_2d", "tsne_3d", "energy_trace", "final_states"):
         assert (folder / "figures" / f"{figure}.png").is_file()
     assert "t-SNE: 2D by" in (folder / "report.md").read_text()
+
+
+def test_mcmc_sampling_explains_a_bad_from_run(image_data_dir, tmp_path, capsys):
+    code = main(["run", "mcmc-sampling", "--quick", "--quiet", "--device", "cpu", "--data-dir", str(image_data_dir),
+                 "--out", str(tmp_path / "runs"), "--from-run", str(tmp_path)])
+    assert code == 2 and "has no model.pt" in capsys.readouterr().err
