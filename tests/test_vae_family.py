@@ -21,7 +21,7 @@ def test_mnist_classifier_quick(image_data_dir, tmp_path):
 
 
 def test_vae_quick_saves_snapshots(image_data_dir, tmp_path):
-    folder = run_quick("vae", image_data_dir, tmp_path / "runs")
+    folder = run_quick("vae", image_data_dir, tmp_path / "runs", "--dataset", "fashion-mnist")
     assert {p.name for p in folder.glob("model_epoch_*.pt")} == {"model_epoch_1.pt", "model_epoch_2.pt"}
     for figure in ("loss", "recon_train", "recon_val", "samples"):
         assert (folder / "figures" / f"{figure}.png").is_file()
