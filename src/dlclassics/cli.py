@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -144,12 +145,21 @@ def execute(module: Any, experiment_id: str, config: Any, args: argparse.Namespa
     started = time.perf_counter()
     try:
         metrics = module.run(config, run)
-    except KeyboardInterrupt:
-        raise RunError(f"interrupted; continue with: dlclassics run {experiment_id} --resume {folder}") from None
+    except (KeyboardInterrupt, RunError) as exc:
+        reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else str(exc)
+        if not _resumable(folder):  # nothing worth keeping: leave no folder behind
+            shutil.rmtree(folder, ignore_errors=True)
+            raise RunError(reason) from None
+        raise RunError(f"{reason}; continue with: dlclassics run {experiment_id} --resume {folder}") from None
     metrics = {**metrics, "wall_time_s": round(time.perf_counter() - started, 2)}
     atomic_write_json(folder / "metrics.json", metrics)
     write_report(run, module.TITLE, metrics, module.REFERENCES)
     return finish(run) / "report.md"
+
+
+def _resumable(folder: Path) -> bool:
+    """An interrupted run is worth resuming once it has a checkpoint or a search journal."""
+    return any(folder.glob("checkpoint*.pt")) or (folder / "study.journal").exists()
 
 
 def command_runs(args: argparse.Namespace) -> int:

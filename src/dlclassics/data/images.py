@@ -114,11 +114,27 @@ def file_path(folder: Path, entry: IdxFile) -> Path | None:
 
 
 def find_folder(spec: ImageDatasetSpec, data_dir: Path | None) -> Path | None:
-    """The first candidate folder that holds any of the dataset's files."""
+    """The first candidate folder that holds any of the dataset's files (and not another dataset's)."""
     for folder in candidate_dirs(spec, data_dir):
-        if any(file_path(folder, entry) for entry in spec.files):
+        if any(file_path(folder, entry) for entry in spec.files) and not _holds_other_dataset(folder, spec):
             return folder
     return None
+
+
+def _holds_other_dataset(folder: Path, spec: ImageDatasetSpec) -> bool:
+    """MNIST and Fashion-MNIST share file names: a folder given directly is told apart by the
+    checksum of its (small) label files."""
+    for other in IMAGE_DATASETS.values():
+        if other.name == spec.name:
+            continue
+        for entry in (e for e in other.files if e.kind == "labels" and e.sha256):
+            path = file_path(folder, entry)
+            try:
+                if path is not None and sha256(read_payload(path)) == entry.sha256:
+                    return True
+            except RunError:
+                continue
+    return False
 
 
 def verify_file(path: Path, entry: IdxFile) -> bytes:
