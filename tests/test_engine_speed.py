@@ -81,7 +81,7 @@ def test_benchmark_quick_run_writes_every_number(tmp_path):
     assert saved["real_data"] is False and "b" not in saved  # (b) needs the real data
     row = saved["a"]["batches"]["16"]
     assert row["ratio"] > 0 and set(row["ours_breakdown_us"]) == {"data", "forward", "backward", "optimizer",
-                                                                   "other", "total"}
+                                                                   "other", "total", "best_total"}
     assert 0 < saved["c"]["fraction_of_peak"] and saved["c"]["flops_per_step"] == bench.training_flops(
         [784, 1024, 1024, 10], 256)
     assert results["threads"] == saved["threads"]
