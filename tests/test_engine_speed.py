@@ -39,8 +39,8 @@ def test_epoch_batches_are_one_permutation_in_order():
 def test_fused_optimizers_match_the_unfused_loop():
     for name, momentum in (("sgd", 0.0), ("sgd", 0.9), ("adam", 0.0), ("adamw", 0.0)):
         torch.manual_seed(0)
-        fused_model = mlp(12, [8], 3)
-        plain_model = mlp(12, [8], 3)
+        fused_model = mlp(200, [200], 3)  # a 40000-element weight: fused whatever the thread count
+        plain_model = mlp(200, [200], 3)
         plain_model.load_state_dict(fused_model.state_dict())
         fused = make_optimizer(name, fused_model, 0.05, 1e-3, momentum)
         assert fused.param_groups[0]["fused"]
@@ -59,10 +59,18 @@ def test_fused_optimizers_match_the_unfused_loop():
             assert torch.allclose(a, b, atol=1e-6), name
 
 
-def test_sparse_embeddings_are_not_fused():
-    assert can_fuse(mlp(4, [3], 2))
-    assert not can_fuse(nn.Sequential(nn.Embedding(5, 3, sparse=True), nn.Linear(3, 1)))
-    assert can_fuse(nn.Sequential(nn.Embedding(5, 3), nn.Linear(3, 1)))
+def test_fusing_skips_sparse_embeddings_and_small_models_on_several_threads():
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert can_fuse(mlp(4, [3], 2))
+        assert not can_fuse(nn.Sequential(nn.Embedding(5, 3, sparse=True), nn.Linear(3, 1)))
+        assert can_fuse(nn.Sequential(nn.Embedding(5, 3), nn.Linear(3, 1)))
+        torch.set_num_threads(2)
+        assert not can_fuse(mlp(4, [3], 2))  # all tensors small: the unfused ops stay on one thread
+        assert can_fuse(mlp(784, [1024], 10))
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_training_flops_counts_forward_weight_and_input_gradients():

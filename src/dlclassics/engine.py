@@ -57,18 +57,29 @@ def weight_decay_groups(model: nn.Module, weight_decay: float) -> list[dict[str,
     return [{"params": decayed, "weight_decay": weight_decay}, {"params": plain, "weight_decay": 0.0}]
 
 
-def can_fuse(model: nn.Module) -> bool:
-    """Whether torch's fused optimizer kernels apply: floating parameters on the CPU or CUDA, dense gradients.
+# at::internal::GRAIN_SIZE: torch's elementwise CPU ops split tensors at least this large across threads.
+PARALLEL_GRAIN = 32768
 
-    A fused step makes one pass over each parameter; the default (a loop over parameters, or `foreach`)
-    makes one pass per arithmetic operation (weight decay, momentum, Nesterov, update) and allocates
-    temporaries, which for a 784-1024-1024-10 MLP cost 4-6x the time (about a quarter of a training step).
+
+def can_fuse(model: nn.Module) -> bool:
+    """Whether to use torch's fused optimizer kernels: floating parameters, dense gradients, and on the CPU
+    either one thread or at least one tensor of PARALLEL_GRAIN elements.
+
+    A fused step makes one pass over each parameter; the default makes one pass per arithmetic operation
+    (weight decay, momentum, Nesterov, update) with temporaries, which for a 784-1024-1024-10 MLP costs
+    4-6x the time (a quarter of a training step). But the fused CPU kernel splits even small tensors
+    across threads, where the unfused ops stay on one: on a machine whose cores are busy, each split waits
+    for a descheduled thread (tens of ms per step, measured on a 2-core machine under load), so a model
+    of only small tensors keeps the unfused loop unless torch runs one thread.
     """
     params = [p for p in model.parameters() if p.requires_grad]
     sparse = any(getattr(module, "sparse", False) for module in model.modules()
                  if isinstance(module, (nn.Embedding, nn.EmbeddingBag)))
-    return bool(params) and not sparse and all(p.is_floating_point() and p.device.type in ("cpu", "cuda")
-                                               for p in params)
+    if not params or sparse or not all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params):
+        return False
+    on_cpu = any(p.device.type == "cpu" for p in params)
+    return (not on_cpu or torch.get_num_threads() == 1
+            or max(p.numel() for p in params) >= PARALLEL_GRAIN)
 
 
 def make_optimizer(name: str, model: nn.Module, lr: float, weight_decay: float = 0.0,
