@@ -43,10 +43,10 @@ class Config(BaseConfig):
     pca_components: int = option(32, "principal coordinates carrying the Gaussian mixture", low=1, high=783)
     mixture_components: int = option(10, "Gaussian mixture components", low=1)
     fit_images: int = option(0, "training images the exact energy is fitted to (0 = all)", low=0)
-    n_train: int = option(15000, "generated training examples", low=3)
-    n_test: int = option(3000, "generated test examples", low=3)
-    epochs: int = option(4, "training epochs", low=1)
-    batch_size: int = option(128, "minibatch size", low=1)
+    n_train: int = option(10000, "generated training examples", low=3)
+    n_test: int = option(2000, "generated test examples", low=3)
+    epochs: int = option(3, "training epochs", low=1)
+    batch_size: int = option(32, "minibatch size (small: the 14M-parameter net needs many steps)", low=1)
     lr: float = option(3e-4, "Adam learning rate (cosine decay to 0)", low=0.0, low_open=True)
 
 

@@ -31,6 +31,7 @@ from dlclassics.config import BaseConfig, option
 from dlclassics.data.images import load_for_run
 from dlclassics.engine import seed_everything
 from dlclassics.errors import UsageError
+from dlclassics.experiments.energy_regressor import Config as RegressorConfig
 from dlclassics.mcmc import Chains, effective_sample_size, freeze, langevin
 from dlclassics.models.energy import (build_energy_task, load_energy_weights, load_exact_energy, standardise,
                                       train_energy_regressor)
@@ -49,7 +50,7 @@ class Config(BaseConfig):
                          choices=("network", "exact"))
     dataset: str = option("fashion-mnist", "images for the exact energy and the t-SNE reference points",
                           choices=("mnist", "fashion-mnist"))
-    train_examples: int = option(6000, "regressor training set size when no --from-run is given", low=3)
+    train_examples: int = option(4000, "regressor training set size when no --from-run is given", low=3)
     train_epochs: int = option(3, "regressor training epochs when no --from-run is given", low=1)
     pca_components: int = option(32, "exact energy (no --from-run): principal coordinates of the mixture", low=1,
                                  high=783)
@@ -129,8 +130,10 @@ def energy_source(cfg: Config, run: Run, data: Any, generator: torch.Generator) 
                              mixture_components=cfg.mixture_components, n_train=cfg.train_examples,
                              n_test=max(3, cfg.train_examples // 10), seed=cfg.seed, generator=generator,
                              fit_images=cfg.fit_images)
-    model, _ = train_energy_regressor(task.x_train, task.e_train, epochs=cfg.train_epochs, batch_size=128,
-                                      lr=3e-4, generator=generator, device=run.device, quiet=run.quiet)
+    recipe = RegressorConfig()  # energy-regressor's batch size and learning rate
+    model, _ = train_energy_regressor(task.x_train, task.e_train, epochs=cfg.train_epochs,
+                                      batch_size=recipe.batch_size, lr=recipe.lr, generator=generator,
+                                      device=run.device, quiet=run.quiet)
     run.save_model(model)
     run.note(f"no --from-run: trained an EnergyRegressor here on {cfg.train_examples:,} generated examples for "
              f"{cfg.train_epochs} epochs (energy-regressor's exact energy); a longer energy-regressor run gives a "
