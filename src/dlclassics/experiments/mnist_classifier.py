@@ -39,7 +39,7 @@ class Config(BaseConfig):
     dropout: float = option(0.0, "dropout before the output layer", low=0.0, high=0.9)
     lr: float = option(2e-3, "Adam learning rate", low=0.0, low_open=True)
     batch_size: int = option(128, "minibatch size", low=1)
-    epochs: int = option(8, "training epochs", low=1)
+    epochs: int = option(10, "training epochs", low=1)
     cosine: bool = option(True, "decay the learning rate to 0 along a cosine over the epochs")
     val_fraction: float = option(0.1, "fraction of the training split held out for validation", low=0.0,
                                  high=0.5, low_open=True)
