@@ -24,7 +24,7 @@ def mixture_10d() -> PcaMixtureEnergy:
     return PcaMixtureEnergy.gaussian_mixture(torch.tensor([0.2, 0.3, 0.5]), means, covariances)
 
 
-def final_states(energy: PcaMixtureEnergy, tau: float, metropolis: bool, chains: int = 2500,
+def final_states(energy: PcaMixtureEnergy, tau: float, metropolis: bool, chains: int = 1500,
                  steps: int = 500, seed: int = 0) -> torch.Tensor:
     """The last states of many independent chains started from overdispersed noise N(0, 3^2 I):
     after burn-in they are (nearly) independent draws, so Monte-Carlo errors are plain sd/sqrt(C)."""
