@@ -12,7 +12,7 @@ import torch
 from conftest import run_quick
 from dlclassics.cli import main
 from dlclassics.errors import RunError
-from dlclassics.models.energy import (EnergyRegressor, PcaMixtureEnergy, fit_pca_mixture, fold_target_scaling,
+from dlclassics.models.energy import (EnergyRegressor, fit_pca_mixture, fold_target_scaling,
                                       load_energy_data, load_energy_weights, load_exact_energy, save_energy_data)
 
 
