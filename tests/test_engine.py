@@ -80,9 +80,9 @@ def test_cli_resume_after_interruption_matches_uninterrupted(image_data_dir, tmp
     full = run_quick("mnist-mlp", image_data_dir, tmp_path / "full", "--epochs", "3")
     expected = json.loads((full / "metrics.json").read_text())
 
-    import dlclassics.experiments.mnist_mlp as experiment
+    import dlclassics.engine as engine
 
-    real = experiment.evaluate_classifier
+    real = engine.evaluate_classifier
     calls = {"n": 0}
 
     def interrupt_in_epoch_three(*args, **kwargs):
@@ -91,13 +91,13 @@ def test_cli_resume_after_interruption_matches_uninterrupted(image_data_dir, tmp
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(experiment, "evaluate_classifier", interrupt_in_epoch_three)
+    monkeypatch.setattr(engine, "evaluate_classifier", interrupt_in_epoch_three)  # per-epoch held-out metrics
     argv = ["run", "mnist-mlp", "--quick", "--quiet", "--epochs", "3", "--device", "cpu",
             "--data-dir", str(image_data_dir), "--out", str(tmp_path / "cut")]
     assert main(argv) == 1
     (incomplete,) = (tmp_path / "cut" / "mnist-mlp").iterdir()
     assert incomplete.name.endswith(".incomplete") and not (incomplete / "report.md").exists()
-    monkeypatch.setattr(experiment, "evaluate_classifier", real)
+    monkeypatch.setattr(engine, "evaluate_classifier", real)
     assert main(argv + ["--resume"]) == 0
     (done,) = (tmp_path / "cut" / "mnist-mlp").iterdir()
     resumed = json.loads((done / "metrics.json").read_text())

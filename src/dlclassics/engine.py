@@ -137,6 +137,21 @@ def epoch_batches(data: Sequence[torch.Tensor], batch_size: int,
         yield [tensor[start:start + batch_size] for tensor in shuffled]
 
 
+def held_out(inputs: torch.Tensor, targets: torch.Tensor, prefix: str,
+             batch_size: int = 4096) -> Callable[[nn.Module, int], dict[str, float]]:
+    """An `evaluate` callback for `fit`: loss and accuracy on a held-out set, as `<prefix>_loss/_accuracy`."""
+    def evaluate(model: nn.Module, epoch: int) -> dict[str, float]:
+        result = evaluate_classifier(model, inputs, targets, batch_size)
+        return {f"{prefix}_loss": result["loss"], f"{prefix}_accuracy": result["accuracy"]}
+    return evaluate
+
+
+def cosine_schedule(optimizer: torch.optim.Optimizer, epochs: int,
+                    enabled: bool = True) -> torch.optim.lr_scheduler.LRScheduler | None:
+    """Learning rate decayed to 0 along a half cosine over `epochs` (stepped once per epoch), or none."""
+    return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs) if enabled else None
+
+
 @dataclasses.dataclass
 class FitResult:
     history: list[dict[str, float]]  # one row per epoch: epoch, train means, evaluation metrics

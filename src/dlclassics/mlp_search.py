@@ -28,8 +28,8 @@ from dlclassics import plots, sweep
 from dlclassics.config import BaseConfig, option, resolve
 from dlclassics.data.images import ImageData, load_images
 from dlclassics.data.transforms import flat_float, subsample
-from dlclassics.engine import (FitResult, evaluate_classifier, fit, flat_parameters, make_optimizer, resolve_device,
-                               seed_everything)
+from dlclassics.engine import (FitResult, cosine_schedule, evaluate_classifier, fit, flat_parameters, held_out,
+                               make_optimizer, resolve_device, seed_everything)
 from dlclassics.models.mlp import mlp
 from dlclassics.runs import Run, atomic_torch_save, atomic_write_csv, markdown_table
 
@@ -100,7 +100,7 @@ def train(cfg: SearchConfig, params: dict[str, Any], x: torch.Tensor, y: torch.T
     generator = seed_everything(seed)
     model = build_model(params).to(x.device)
     optimizer = make_optimizer("sgd", model, params["lr"], params["l2"], cfg.momentum)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, params["epochs"]) if cfg.cosine else None
+    scheduler = cosine_schedule(optimizer, params["epochs"], cfg.cosine)
     result = fit(model, (x, y), optimizer=optimizer, scheduler=scheduler, epochs=params["epochs"],
                  batch_size=params["batch_size"], generator=generator, evaluate=evaluate, quiet=quiet, **fit_options)
     return model, result
@@ -160,14 +160,10 @@ def search_and_retrain(cfg: SearchConfig, run: Run, data: dict[str, torch.Tensor
     if cfg.quick:
         params["epochs"] = 1
 
-    def evaluate(model: nn.Module, epoch: int) -> dict[str, float]:
-        result = evaluate_classifier(model, data["test_x"], data["test_y"])
-        return {"test_loss": result["loss"], "test_accuracy": result["accuracy"]}
-
     seed = cfg.seed + best.number
     started = time.perf_counter()
     model, result = train(cfg, {**params, "epochs": cfg.final_epochs}, data["x"], data["y"], seed, run.quiet,
-                          evaluate=evaluate, checkpoint=checkpoint or run.checkpoint_path, resume=run.resume,
+                          evaluate=held_out(data["test_x"], data["test_y"], "test"), checkpoint=checkpoint or run.checkpoint_path, resume=run.resume,
                           record_iterations=True, snapshot_parameters=snapshots)
     retrain_time = time.perf_counter() - started
     torch.manual_seed(seed)  # the same seed builds the same network before any step: the initial parameters

@@ -26,12 +26,12 @@ import torch
 from torch import nn
 
 from dlclassics import plots
-from dlclassics.config import BaseConfig, option
+from dlclassics.config import option
 from dlclassics.data.splits import first_of_each_class
 from dlclassics.engine import fit, seed_everything
 from dlclassics.errors import UsageError
 from dlclassics.experiments import vae
-from dlclassics.models.vae import LIKELIHOODS, decoder, elbo, kl_to_standard_normal
+from dlclassics.models.vae import decoder, elbo, kl_to_standard_normal
 from dlclassics.runs import Reference, Run, atomic_torch_save, markdown_table
 
 TITLE = "Latent optimisation (per-example q, no encoder) beside the amortised VAE (S4 Q3)"

@@ -23,7 +23,7 @@ from dlclassics.config import BaseConfig, option
 from dlclassics.data.images import load_for_run
 from dlclassics.data.splits import holdout
 from dlclassics.data.transforms import flat_float, subsample
-from dlclassics.engine import evaluate_classifier, fit, make_optimizer, seed_everything
+from dlclassics.engine import cosine_schedule, evaluate_classifier, fit, held_out, make_optimizer, seed_everything
 from dlclassics.errors import UsageError
 from dlclassics.models.cnn import small_cnn
 from dlclassics.runs import Reference, Run
@@ -82,15 +82,11 @@ def run(cfg: Config, run: Run) -> dict[str, Any]:
     model = small_cnn(tuple(cfg.channels), cfg.hidden, len(data.classes), cfg.dropout).to(run.device)
     model = model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer("adam", model, cfg.lr)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, cfg.epochs) if cfg.cosine else None
-
-    def evaluate(model: torch.nn.Module, epoch: int) -> dict[str, float]:
-        result = evaluate_classifier(model, val_x, val_y, batch_size=1024)
-        return {"val_loss": result["loss"], "val_accuracy": result["accuracy"]}
+    scheduler = cosine_schedule(optimizer, cfg.epochs, cfg.cosine)
 
     started = time.perf_counter()
     result = fit(model, (train_x, train_y), optimizer=optimizer, scheduler=scheduler, epochs=cfg.epochs,
-                 batch_size=cfg.batch_size, generator=generator, evaluate=evaluate,
+                 batch_size=cfg.batch_size, generator=generator, evaluate=held_out(val_x, val_y, "val", 1024),
                  checkpoint=run.checkpoint_path, resume=run.resume, quiet=run.quiet, desc=run.experiment)
     train_time = time.perf_counter() - started
     run.save_history(result.history)

@@ -20,7 +20,7 @@ from dlclassics import plots
 from dlclassics.config import BaseConfig, option
 from dlclassics.data.images import load_for_run
 from dlclassics.data.transforms import flat_float, subsample
-from dlclassics.engine import evaluate_classifier, fit, make_optimizer, seed_everything
+from dlclassics.engine import cosine_schedule, evaluate_classifier, fit, held_out, make_optimizer, seed_everything
 from dlclassics.models.mlp import mlp
 from dlclassics.runs import Reference, Run
 
@@ -57,15 +57,11 @@ def run(cfg: Config, run: Run) -> dict[str, Any]:
 
     model = mlp(784, list(cfg.hidden), 10).to(run.device)
     optimizer = make_optimizer("adam", model, cfg.lr)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, cfg.epochs) if cfg.cosine else None
-
-    def evaluate(model: torch.nn.Module, epoch: int) -> dict[str, float]:
-        result = evaluate_classifier(model, test_x, test_y)
-        return {"test_loss": result["loss"], "test_accuracy": result["accuracy"]}
+    scheduler = cosine_schedule(optimizer, cfg.epochs, cfg.cosine)
 
     started = time.perf_counter()
     result = fit(model, (train_x, train_y), optimizer=optimizer, scheduler=scheduler, epochs=cfg.epochs,
-                 batch_size=cfg.batch_size, generator=generator, evaluate=evaluate,
+                 batch_size=cfg.batch_size, generator=generator, evaluate=held_out(test_x, test_y, "test"),
                  checkpoint=run.checkpoint_path, resume=run.resume, quiet=run.quiet, desc=run.experiment)
     train_time = time.perf_counter() - started
     run.save_history(result.history)
