@@ -255,6 +255,7 @@ def write_report(run: Run, title: str, metrics: Mapping[str, Any], references: I
     """report.md: what ran, the numbers beside the source's, figures, notes, wall time and machine."""
     dataset = getattr(run.config, "dataset", None)
     rows = reference_rows(references, metrics, dataset, run.comparable)
+    atomic_write_json(run.dir / "references.json", rows)  # the verdicts, for `dlclassics runs --markdown`
     lines = [f"# {run.experiment}: {title}", "",
              f"Wall time {metrics.get('wall_time_s', 0):.1f} s on {machine_summary()} (device {run.device}); "
              f"dlclassics {__version__}, commit {git_commit()}.", ""]
