@@ -311,7 +311,7 @@ def train_energy_regressor(x: torch.Tensor, energy: torch.Tensor, *, epochs: int
     Standardising matters: the narrow tail of the network (8 -> 4 -> 2 -> 1) starts near zero and
     would otherwise spend its first epochs just growing to the energies' scale of hundreds.
     """
-    from dlclassics.engine import fit
+    from dlclassics.engine import cosine_schedule, fit
 
     model = EnergyRegressor().to(device)
     mean, std = energy.mean().item(), energy.std().item()
@@ -331,7 +331,7 @@ def train_energy_regressor(x: torch.Tensor, energy: torch.Tensor, *, epochs: int
         return metrics
 
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs)
+    scheduler = cosine_schedule(optimizer, epochs)
     result = fit(model, (x.to(device), targets), optimizer=optimizer, scheduler=scheduler, epochs=epochs,
                  batch_size=batch_size, generator=generator, step=step, evaluate=evaluate_scaled,
                  checkpoint=checkpoint, resume=resume, quiet=quiet, desc=desc)
