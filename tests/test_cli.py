@@ -81,3 +81,19 @@ def test_same_seed_same_numbers(image_data_dir, tmp_path):
     second = run_quick("mnist-mlp", image_data_dir, tmp_path / "b")
     a, b = (json.loads((f / "metrics.json").read_text()) for f in (first, second))
     assert a["test_accuracy"] == b["test_accuracy"] and a["test_loss"] == b["test_loss"]
+
+
+def test_from_run_folder_is_checked_in_one_place(tmp_path):
+    from dlclassics.errors import UsageError
+    from dlclassics.runs import read_finished_run
+
+    with pytest.raises(UsageError, match="no readable config.json"):
+        read_finished_run(tmp_path, "vae")
+    (tmp_path / "config.json").write_text(json.dumps({"experiment": "vae", "config": {}}))
+    (tmp_path / "history.csv").write_text("epoch,train_loss\n1,0.5\n")
+    finished = read_finished_run(tmp_path, "vae")
+    assert finished.history() == [{"epoch": 1.0, "train_loss": 0.5}]
+    with pytest.raises(UsageError, match="metrics.json"):
+        finished.metrics()
+    with pytest.raises(UsageError, match="pass a fashion-mlp run"):
+        read_finished_run(tmp_path, "fashion-mlp")

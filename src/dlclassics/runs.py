@@ -298,6 +298,42 @@ def finish(run: Run) -> Path:
     return final
 
 
+@dataclasses.dataclass
+class FinishedRun:
+    """A finished run folder another experiment builds on (`--from-run`)."""
+
+    folder: Path
+    record: dict[str, Any]  # its config.json: experiment, config, carve_test, ...
+
+    def metrics(self) -> dict[str, Any]:
+        try:
+            return json.loads((self.folder / "metrics.json").read_text())
+        except (OSError, json.JSONDecodeError):
+            raise UsageError(f"--from-run {self.folder} has no readable metrics.json; pass the folder of a "
+                             f"finished '{self.record.get('experiment')}' run") from None
+
+    def history(self, name: str = "history.csv") -> list[dict[str, float]]:
+        """Its per-epoch history as floats ([] when the run wrote none)."""
+        path = self.folder / name
+        if not path.is_file():
+            return []
+        with open(path, newline="") as handle:
+            return [{k: float(v) for k, v in row.items() if v != ""} for row in csv.DictReader(handle)]
+
+
+def read_finished_run(folder: Path, experiment: str) -> FinishedRun:
+    """The `--from-run` folder, checked to be a run of `experiment`; one clear UsageError otherwise."""
+    folder = Path(folder)
+    try:
+        record = json.loads((folder / "config.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        raise UsageError(f"--from-run {folder}: no readable config.json there; pass the folder of a finished "
+                         f"'dlclassics run {experiment}' run") from None
+    if record.get("experiment") != experiment:
+        raise UsageError(f"--from-run {folder} is a '{record.get('experiment')}' run; pass a {experiment} run")
+    return FinishedRun(folder, record)
+
+
 def list_runs(root: Path, experiment: str | None = None) -> list[dict[str, Any]]:
     """Finished runs, newest first, with their key metrics."""
     root = Path(root)

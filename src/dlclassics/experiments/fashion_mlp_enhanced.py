@@ -20,9 +20,7 @@ The search machinery is `dlclassics.mlp_search`, shared with `fashion-mlp`.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import json
 from typing import Any
 
 import torch
@@ -32,7 +30,7 @@ from dlclassics.config import option, resolve
 from dlclassics.data.images import load_for_run
 from dlclassics.errors import UsageError
 from dlclassics.experiments import fashion_mlp
-from dlclassics.runs import Reference, Run, atomic_write_csv, markdown_table
+from dlclassics.runs import Reference, Run, atomic_write_csv, markdown_table, read_finished_run
 
 TITLE = "Fashion-MNIST MLP with BatchNorm, Dropout and other activations, against fashion-mlp (S1 Problem 2.4)"
 
@@ -117,25 +115,15 @@ def trained_baseline(cfg: Config, run: Run, data: dict[str, torch.Tensor]) -> di
 
 def finished_baseline(cfg: Config, run: Run) -> dict[str, Any]:
     """The metrics of a finished fashion-mlp run (`--from-run`); a different dataset is refused."""
-    folder = run.from_run
-    try:
-        record = json.loads((folder / "config.json").read_text())
-        metrics = json.loads((folder / "metrics.json").read_text())
-    except (OSError, json.JSONDecodeError):
-        raise UsageError(f"--from-run {folder} is not a finished run folder (config.json and metrics.json needed); "
-                         "pass the folder of a finished 'dlclassics run fashion-mlp' run") from None
-    if record.get("experiment") != "fashion-mlp":
-        raise UsageError(f"--from-run {folder} is a '{record.get('experiment')}' run; pass a fashion-mlp run")
-    theirs = record["config"]
+    finished = read_finished_run(run.from_run, "fashion-mlp")
+    folder, theirs, metrics = finished.folder, finished.record["config"], finished.metrics()
     if theirs.get("dataset") != cfg.dataset:
         raise UsageError(f"--from-run {folder} used {theirs.get('dataset')}, this run {cfg.dataset}; "
                          f"pass --dataset {theirs.get('dataset')} or another fashion-mlp run")
     differing = [name for name in mlp_search.DATA_FIELDS if name != "device" and theirs.get(name) != getattr(cfg, name)]
     if differing:
         run.note(f"baseline run {folder} differs in {', '.join(differing)}: not the same data or split")
-    history_path = folder / "history.csv"
-    history = ([{key: float(value) for key, value in row.items()} for row in csv.DictReader(history_path.open())]
-               if history_path.is_file() else [])
+    history = finished.history()
     run.note(f"baseline: the finished fashion-mlp run {folder}")
     return {"test_accuracy": metrics["test_accuracy"], "best_val_accuracy": metrics.get("best_val_accuracy"),
             "config": metrics.get("best_config", {}), "history": history, "source": str(folder)}

@@ -84,7 +84,8 @@ def run(cfg: Config, run: Run) -> dict[str, Any]:
     generator = seed_everything(cfg.seed)
     data = vae.prepared_data(cfg, run)
     if run.from_run is not None:
-        loaded_cfg, amortised, vae_history = vae.load_run(run.from_run, run.device)
+        loaded_cfg, amortised, finished = vae.load_run(run.from_run, run.device)
+        vae_history = finished.history()
         differ = [name for name in MUST_MATCH if getattr(loaded_cfg, name) != getattr(cfg, name)]
         if differ:
             raise UsageError(f"--from-run {run.from_run} differs in {', '.join(differ)}; pass the same values "

@@ -13,9 +13,7 @@ samples go from noise to legible digits. The model is saved at epochs 1, 5, 10, 
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import json
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +27,7 @@ from dlclassics.data.transforms import flat_float, subsample
 from dlclassics.engine import fit, make_optimizer, seed_everything
 from dlclassics.errors import UsageError
 from dlclassics.models.vae import LIKELIHOODS, VAE, elbo
-from dlclassics.runs import Reference, Run, atomic_torch_save
+from dlclassics.runs import FinishedRun, Reference, Run, atomic_torch_save, read_finished_run
 
 TITLE = "Amortised VAE on MNIST: training, reconstructions, prior samples (S4 Q1-Q2)"
 SNAPSHOTS = (1, 5, 10, 20, 30)
@@ -118,18 +116,11 @@ def load_snapshots(cfg: Config, folder: Path, device: torch.device, prefix: str 
     return models
 
 
-def load_run(folder: Path, device: torch.device) -> tuple[Config, dict[int, VAE], list[dict[str, float]]]:
-    """The config, the snapshot models and the history of a finished `vae` run (for `--from-run`)."""
-    record_path = Path(folder) / "config.json"
-    if not record_path.is_file():
-        raise UsageError(f"--from-run {folder}: no config.json there; pass the folder of a finished 'vae' run")
-    record = json.loads(record_path.read_text())
-    if record.get("experiment") != "vae":
-        raise UsageError(f"--from-run {folder} is a '{record.get('experiment')}' run; pass a 'vae' run folder")
-    config = resolve(Config, record["config"])
-    with open(Path(folder) / "history.csv", newline="") as handle:
-        history = [{k: float(v) for k, v in row.items() if v != ""} for row in csv.DictReader(handle)]
-    return config, load_snapshots(config, folder, device), history
+def load_run(folder: Path, device: torch.device) -> tuple[Config, dict[int, VAE], FinishedRun]:
+    """The config, the snapshot models and the folder record of a finished `vae` run (for `--from-run`)."""
+    finished = read_finished_run(folder, "vae")
+    config = resolve(Config, finished.record["config"])
+    return config, load_snapshots(config, finished.folder, device), finished
 
 
 @torch.no_grad()

@@ -16,7 +16,6 @@ trained here with `vae`'s defaults.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import time
 from collections.abc import Callable
@@ -118,8 +117,8 @@ def load_model(cfg: Config, run: Run, generator: torch.Generator) -> tuple[vae.C
         data = vae.prepared_data(vae_cfg, run)
         vae.train(vae_cfg, run, data, generator)
         return vae_cfg, vae.load_snapshots(vae_cfg, run.dir, run.device)[vae_cfg.epochs], data
-    vae_cfg, models, _ = vae.load_run(run.from_run, run.device)
-    carve = json.loads((run.from_run / "config.json").read_text()).get("carve_test", 0.0)
+    vae_cfg, models, finished = vae.load_run(run.from_run, run.device)
+    carve = finished.record.get("carve_test", 0.0)
     if vae_cfg.dataset != cfg.dataset or carve != run.carve_test:
         raise UsageError(f"--from-run {run.from_run} was trained on {vae_cfg.dataset} with --carve-test {carve}; "
                          f"pass --dataset {vae_cfg.dataset} --carve-test {carve} so train and test are its splits")
