@@ -62,3 +62,24 @@ def run_quick(experiment: str, data_dir: Path, out: Path, *extra: str) -> Path:
     assert (folder / "report.md").is_file() and (folder / "metrics.json").is_file()
     assert (folder / "config.json").is_file()
     return folder
+
+
+@pytest.fixture
+def toy(monkeypatch: pytest.MonkeyPatch):
+    """The test-only experiment `toy` (tests/run_toy.py) registered, with its hooks reset."""
+    import run_toy
+    from dlclassics import registry
+
+    monkeypatch.setitem(registry.EXPERIMENTS, "toy", "run_toy")
+    monkeypatch.setattr(run_toy, "INTERRUPT_AT", None)
+    monkeypatch.setattr(run_toy, "FAIL", None)
+    monkeypatch.setattr(run_toy, "EXTRA_METRICS", {})
+    return run_toy
+
+
+def file_digests(folder: Path) -> dict[str, str]:
+    """Every file under `folder` with the sha256 of its bytes: to show that a command changed nothing."""
+    import hashlib
+
+    return {str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest()
+            for path in sorted(folder.rglob("*")) if path.is_file()}

@@ -1,15 +1,14 @@
 """The `dlclassics` command: list | run | runs | data.
 
-User errors (UsageError, exit 2; RunError, exit 1) are printed as one line without a traceback.
+User errors (UsageError, exit 2; RunError, exit 1) are printed as one line without a traceback, and
+so are Ctrl-C and the operating system's refusals (a path that cannot be read or written, a full disk).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ from dlclassics.config import describe, load_toml, parse_assignments, resolve
 from dlclassics.errors import RunError, UsageError
 
 DEFAULT_RUNS = Path("runs")
+MAX_WORKERS = 64  # local processes; more is a typo, not a machine this runs on
 
 
 class _Parser(argparse.ArgumentParser):
@@ -53,7 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", type=Path, default=DEFAULT_RUNS, help="root folder of run folders (default: runs)")
     run.add_argument("--resume", nargs="?", const="latest", metavar="RUN_DIR",
                      help="continue an interrupted run (default: the latest incomplete one)")
-    run.add_argument("--workers", type=int, default=1, help="local processes for hyperparameter searches")
+    run.add_argument("--workers", type=bounded_int(1, MAX_WORKERS), default=1,
+                     help=f"local processes for hyperparameter searches (1 to {MAX_WORKERS})")
     run.add_argument("--storage", help="Optuna database URL shared by workers on many machines")
     run.add_argument("--from-run", type=Path, help="an earlier run folder this experiment builds on")
     run.add_argument("--dry-run", action="store_true", help="print the resolved config and stop")
@@ -75,6 +76,19 @@ def build_parser() -> argparse.ArgumentParser:
     fetch.add_argument("name")
     fetch.add_argument("--to", type=Path, help="folder to download into (default: the user cache)")
     return parser
+
+
+def bounded_int(low: int, high: int) -> Any:
+    """An argparse type: an integer in [low, high], so a typo cannot start a thousand processes."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"expects an integer from {low} to {high}; got {text!r}")
+        return value
+    return parse
 
 
 def config_layers(module: Any, args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -103,7 +117,7 @@ def command_list(args: argparse.Namespace) -> int:
 
 
 def command_run(args: argparse.Namespace) -> int:
-    from dlclassics.runs import latest_incomplete
+    from dlclassics.runs import read_finished_run
 
     module = registry.load(args.experiment)
     config = resolve(module.Config, *config_layers(module, args))
@@ -114,52 +128,58 @@ def command_run(args: argparse.Namespace) -> int:
 
         print(json.dumps({"experiment": args.experiment, "config": dataclasses.asdict(config)}, indent=2))
         return 0
-    resume_dir = None
-    if args.resume == "latest":
-        resume_dir = latest_incomplete(args.out, args.experiment)
-        if resume_dir is None:
-            raise UsageError(f"--resume: no interrupted run of '{args.experiment}' under {args.out}")
-    elif args.resume:
-        resume_dir = Path(args.resume)
-        if not (resume_dir / "config.json").is_file():
-            raise UsageError(f"--resume: {resume_dir} is not a run folder")
-    report = execute(module, args.experiment, config, args, resume_dir)
+    from_run = None
+    if args.from_run is not None:  # checked before a run folder exists, so a wrong one leaves nothing behind
+        upstream = getattr(module, "FROM_RUN", None)
+        if upstream is None:
+            raise UsageError(f"'{args.experiment}' does not build on another run; drop --from-run")
+        from_run = read_finished_run(args.from_run, upstream.experiments, upstream.files, upstream.metrics)
+    report = execute(module, new_run(args, config, from_run))
     print(report)
     return 0
 
 
-def execute(module: Any, experiment_id: str, config: Any, args: argparse.Namespace,
-            resume_dir: Path | None) -> Path:
-    """Run one experiment into its run folder and return the report's path."""
+def new_run(args: argparse.Namespace, config: Any, from_run: Any) -> Any:
+    """The Run: in a new folder, or in the interrupted one `--resume` names (checked when it starts)."""
     from dlclassics.engine import resolve_device
-    from dlclassics.runs import Run, atomic_write_json, config_record, finish, new_run_dir, write_report
+    from dlclassics.runs import Run, latest_incomplete, new_run_dir
 
     device = resolve_device(config.device)
-    folder = resume_dir or new_run_dir(args.out, experiment_id)
-    run = Run(experiment=experiment_id, dir=folder, config=config, device=device, data_dir=args.data_dir,
-              carve_test=args.carve_test, quiet=args.quiet, resume=resume_dir is not None,
-              workers=args.workers, storage=args.storage, from_run=args.from_run)
-    if config.quick:
-        run.mark_not_comparable("--quick: a smoke-test size run, not comparable with the source")
-    atomic_write_json(folder / "config.json", config_record(run))
-    started = time.perf_counter()
+    if args.resume == "latest":
+        folder = latest_incomplete(args.out, args.experiment)
+        if folder is None:
+            raise UsageError(f"--resume: no interrupted run of '{args.experiment}' under {args.out}")
+    elif args.resume:
+        folder = Path(args.resume)
+        if not folder.is_dir():
+            raise UsageError(f"--resume {folder}: no such run folder")
+    else:
+        folder = new_run_dir(args.out, args.experiment)
+    return Run(experiment=args.experiment, dir=folder, config=config, device=device, data_dir=args.data_dir,
+               carve_test=args.carve_test, quiet=args.quiet, resume=bool(args.resume), workers=args.workers,
+               storage=args.storage, from_run=from_run)
+
+
+def execute(module: Any, run: Any) -> Path:
+    """Run one experiment in its run folder and return the report's path.
+
+    Only an interruption leaves the folder behind, and only once there is something to resume;
+    any error removes it, so a later plain `--resume` never picks up a failed run.
+    """
+    from dlclassics import runs
+
+    runs.start(run)
     try:
-        metrics = module.run(config, run)
-    except (KeyboardInterrupt, RunError) as exc:
-        reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else str(exc)
-        if not _resumable(folder):  # nothing worth keeping: leave no folder behind
-            shutil.rmtree(folder, ignore_errors=True)
-            raise RunError(reason) from None
-        raise RunError(f"{reason}; continue with: dlclassics run {experiment_id} --resume {folder}") from None
-    metrics = {**metrics, "wall_time_s": round(time.perf_counter() - started, 2)}
-    atomic_write_json(folder / "metrics.json", metrics)
-    write_report(run, module.TITLE, metrics, module.REFERENCES)
-    return finish(run) / "report.md"
-
-
-def _resumable(folder: Path) -> bool:
-    """An interrupted run is worth resuming once it has a checkpoint or a search journal."""
-    return any(folder.glob("checkpoint*.pt")) or (folder / "study.journal").exists()
+        return runs.finish(run, module.TITLE, module.run(run.config, run), module.REFERENCES)
+    except KeyboardInterrupt:
+        if not runs.resumable(run.dir):
+            runs.discard(run)
+            raise RunError("interrupted before the first checkpoint: nothing to resume yet") from None
+        runs.suspend(run)
+        raise RunError(f"interrupted; continue with: dlclassics run {run.experiment} --resume {run.dir}") from None
+    except BaseException:
+        runs.discard(run)
+        raise
 
 
 def command_runs(args: argparse.Namespace) -> int:
@@ -223,7 +243,17 @@ def main(argv: list[str] | None = None) -> int:
         handler = {"list": command_list, "run": command_run, "runs": command_runs, "data": command_data}
         return handler[args.command](args)
     except (UsageError, RunError) as exc:
-        print(f"dlclassics: error: {exc}", file=sys.stderr)
-        return exc.exit_code
+        return _fail(str(exc), exc.exit_code)
+    except KeyboardInterrupt:
+        return _fail("interrupted", RunError.exit_code)
     except BrokenPipeError:  # `dlclassics list | head`
         return 0
+    except OSError as exc:  # the operating system refused a path: unreadable, read-only, full disk...
+        where = f" ({exc.filename})" if exc.filename else ""
+        return _fail(f"{exc.strerror or exc}{where}; check that path, its permissions and the free space",
+                     RunError.exit_code)
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"dlclassics: error: {message}", file=sys.stderr)
+    return code

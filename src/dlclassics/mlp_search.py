@@ -172,8 +172,9 @@ def search_and_retrain(cfg: SearchConfig, run: Run, data: dict[str, torch.Tensor
 
 
 def save_outputs(cfg: SearchConfig, run: Run, outcome: Outcome, space: SearchSpace,
-                 trajectory: bool = False) -> dict[str, Any]:
-    """search.csv, the search table, history, model, figures and (optionally) trajectory.pt; returns metrics.
+                 trajectory: str | None = None) -> dict[str, Any]:
+    """search.csv, the search table, history, model, figures and (optionally) the trajectory file of that
+    name; returns metrics.
 
     The trajectory is `{"parameters": [epochs + 1, P], "hidden": [...], "activation": ...}`, what
     `loss-landscape` reads (it needs `snapshots=True` in `search_and_retrain`).
@@ -183,9 +184,9 @@ def save_outputs(cfg: SearchConfig, run: Run, outcome: Outcome, space: SearchSpa
     run.add_section("Search (validation accuracy; the test set is never used here)", markdown_table(trials))
     if trajectory:
         parameters = torch.stack([outcome.initial, *result.snapshots])  # [epochs + 1, P]
-        atomic_torch_save(run.dir / "trajectory.pt", {"parameters": parameters,
-                                                      "hidden": [params["units"]] * params["layers"],
-                                                      "activation": params.get("activation", "relu")})
+        atomic_torch_save(run.dir / trajectory, {"parameters": parameters,
+                                                 "hidden": [params["units"]] * params["layers"],
+                                                 "activation": params.get("activation", "relu")})
     run.save_history(result.history)
     run.save_model(outcome.model)
     run.note("L2 is applied to weight matrices only, in the search and in the retraining (the source's "

@@ -28,6 +28,10 @@ from dlclassics.runs import Reference, Run
 
 TITLE = "Fashion-MNIST MLP: random search, then retraining (S1 Problem 2)"
 
+# The parameters after every retraining epoch, for `loss-landscape --from-run`:
+# {"parameters": [epochs + 1, P], "hidden": [...], "activation": ...}
+TRAJECTORY = "trajectory.pt"
+
 # Search spaces: the source's grid (seed) and ours (tuned). Epochs is part of the seed space, as in the source.
 SEARCH_SPACES: dict[str, mlp_search.SearchSpace] = {
     "seed": {"layers": (2, 3, 4, 5, 6), "units": (5, 10, 20, 30, 40),
@@ -64,4 +68,4 @@ def run(cfg: Config, run: Run) -> dict[str, Any]:
     images = load_for_run(run, cfg.dataset)  # checks the data and notes its source before any work starts
     data = mlp_search.prepared_data(cfg, images, run.device)
     outcome = mlp_search.search_and_retrain(cfg, run, data, __name__, snapshots=True)
-    return mlp_search.save_outputs(cfg, run, outcome, SEARCH_SPACES[cfg.space], trajectory=True)
+    return mlp_search.save_outputs(cfg, run, outcome, SEARCH_SPACES[cfg.space], trajectory=TRAJECTORY)

@@ -31,9 +31,11 @@ from dlclassics.errors import UsageError
 from dlclassics.experiments import vae
 from dlclassics.models.vae import (VAE, bits_per_dim, continuous_bernoulli_log_norm, importance_log_weights,
                                    log_mean_exp_with_stderr, standard_normal_log_density)
-from dlclassics.runs import Reference, Run, markdown_table
+from dlclassics.runs import Reference, Run, Upstream, markdown_table
 
 TITLE = "log p(x) under a VAE by importance sampling (S4 Q4)"
+
+FROM_RUN = Upstream(("vae",))  # its snapshots are checked when loaded (which ones depends on its epochs)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,6 +110,11 @@ def summary(split: str, k: int, log_p: torch.Tensor, stderr: torch.Tensor) -> di
             "s.e. over images": (log_p.std() / math.sqrt(len(log_p))).item(), "bits/dim": bits_per_dim(mean, 784)}
 
 
+def _measured(value: float) -> float | None:
+    """None for a mean over no images (NaN here means "not measured"; in metrics.json it would mean diverged)."""
+    return None if math.isnan(value) else value
+
+
 def load_model(cfg: Config, run: Run, generator: torch.Generator) -> tuple[vae.Config, VAE, dict[str, Any]]:
     """The last snapshot of the --from-run VAE (after checking it saw the same data), or a new one,
     with the VAE's data splits (so "train" means the images it was trained on)."""
@@ -117,12 +124,13 @@ def load_model(cfg: Config, run: Run, generator: torch.Generator) -> tuple[vae.C
         data = vae.prepared_data(vae_cfg, run)
         vae.train(vae_cfg, run, data, generator)
         return vae_cfg, vae.load_snapshots(vae_cfg, run.dir, run.device)[vae_cfg.epochs], data
-    vae_cfg, models, finished = vae.load_run(run.from_run, run.device)
-    carve = finished.record.get("carve_test", 0.0)
+    vae_cfg, models = vae.load_run(run.from_run, run.device)
+    carve = run.from_run.record.get("carve_test", 0.0)
     if vae_cfg.dataset != cfg.dataset or carve != run.carve_test:
-        raise UsageError(f"--from-run {run.from_run} was trained on {vae_cfg.dataset} with --carve-test {carve}; "
-                         f"pass --dataset {vae_cfg.dataset} --carve-test {carve} so train and test are its splits")
-    run.note(f"VAE loaded from {run.from_run} (epoch {vae_cfg.epochs}, latent {vae_cfg.latent}, "
+        raise UsageError(f"--from-run {run.from_run.folder} was trained on {vae_cfg.dataset} with --carve-test "
+                         f"{carve}; pass --dataset {vae_cfg.dataset} --carve-test {carve} so train and test are its "
+                         "splits")
+    run.note(f"VAE loaded from {run.from_run.folder} (epoch {vae_cfg.epochs}, latent {vae_cfg.latent}, "
              f"hidden {vae_cfg.hidden}, {vae_cfg.likelihood} likelihood)")
     return vae_cfg, models[vae_cfg.epochs], vae.prepared_data(vae_cfg, run)
 
@@ -178,9 +186,9 @@ def run(cfg: Config, run: Run) -> dict[str, Any]:
     run.note(f"most likely class on the test images: {data['classes'][best]} ({test_means[best]:.1f} nats)")
     means = {split: results[split][k][0].mean().item() for split in splits}
     return {"train_logp": means["train"], "test_logp": means["test"],
-            "train_elbo": results["train"][1][0].mean().item() if 1 in cfg.samples else math.nan,
-            "test_elbo": results["test"][1][0].mean().item() if 1 in cfg.samples else math.nan,
+            "train_elbo": results["train"][1][0].mean().item() if 1 in cfg.samples else None,  # not measured
+            "test_elbo": results["test"][1][0].mean().item() if 1 in cfg.samples else None,
             "test_bits_per_dim": bits_per_dim(means["test"], 784), "most_likely_class": best,
-            "class_1_test_logp": per_class[1]["test mean log p"], "test_images": len(splits["test"][0]),
+            "class_1_test_logp": _measured(per_class[1]["test mean log p"]), "test_images": len(splits["test"][0]),
             "k_max": k, "test_estimate_time_s": round(timings["test"], 2),
             "iwae_k_logp": convergence[-1]["mean log p (nats)"]}
