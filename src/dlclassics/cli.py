@@ -15,6 +15,7 @@ from typing import Any
 
 from dlclassics import __version__, registry
 from dlclassics.config import describe, load_toml, parse_assignments, resolve
+from dlclassics.data.registry import names as dataset_names
 from dlclassics.errors import RunError, UsageError
 
 DEFAULT_RUNS = Path("runs")
@@ -48,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"))
     run.add_argument("--quick", action="store_true", help="tiny smoke-test size")
     run.add_argument("--data-dir", type=Path, help="folder holding the datasets (or one dataset's files)")
+    run.add_argument("--unverified", action="store_true",
+                     help="accept data files that are not the official ones (your own IDX files); the run is "
+                          "marked 'unverified, not comparable'")
     run.add_argument("--carve-test", type=float, default=0.0, metavar="FRACTION",
                      help="when only one split exists, carve a deterministic test split of this fraction")
     run.add_argument("--out", type=Path, default=DEFAULT_RUNS, help="root folder of run folders (default: runs)")
@@ -69,10 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
     data = commands.add_parser("data", help="dataset status and download")
     data_commands = data.add_subparsers(dest="data_command", required=True, parser_class=_Parser)
     status = data_commands.add_parser("status", help="where each dataset was found, per split")
-    status.add_argument("names", nargs="*")
-    status.add_argument("--data-dir", type=Path)
-    fetch = data_commands.add_parser("fetch", help="download a dataset into the user cache and verify it")
-    fetch.add_argument("name")
+    status.add_argument("names", nargs="*", metavar="NAME", help="datasets to check (default: all)")
+    status.add_argument("--data-dir", type=Path, help="look only in this folder (DIR/<name>/ or DIR itself)")
+    fetch = data_commands.add_parser("fetch", help="download a dataset into the user cache and verify it",
+                                     description="Download a dataset and verify every file before keeping it.")
+    fetch.add_argument("name", help=f"the dataset: {', '.join(dataset_names())}")
     fetch.add_argument("--to", type=Path, help="folder to download into (default: the user cache)")
     return parser
 
@@ -137,7 +142,8 @@ def execute(module: Any, experiment_id: str, config: Any, args: argparse.Namespa
     device = resolve_device(config.device)
     folder = resume_dir or new_run_dir(args.out, experiment_id)
     run = Run(experiment=experiment_id, dir=folder, config=config, device=device, data_dir=args.data_dir,
-              carve_test=args.carve_test, quiet=args.quiet, resume=resume_dir is not None,
+              carve_test=args.carve_test, unverified=args.unverified, quiet=args.quiet,
+              resume=resume_dir is not None,
               workers=args.workers, storage=args.storage, from_run=args.from_run)
     if config.quick:
         run.mark_not_comparable("--quick: a smoke-test size run, not comparable with the source")
@@ -145,16 +151,25 @@ def execute(module: Any, experiment_id: str, config: Any, args: argparse.Namespa
     started = time.perf_counter()
     try:
         metrics = module.run(config, run)
-    except (KeyboardInterrupt, RunError) as exc:
+    except (KeyboardInterrupt, RunError, UsageError) as exc:
         reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else str(exc)
-        if not _resumable(folder):  # nothing worth keeping: leave no folder behind
+        if isinstance(exc, UsageError) or not _resumable(folder):  # nothing worth keeping: leave no folder
             shutil.rmtree(folder, ignore_errors=True)
-            raise RunError(reason) from None
+            _remove_if_empty(folder.parent)
+            raise type(exc)(reason) if not isinstance(exc, KeyboardInterrupt) else RunError(reason) from None
         raise RunError(f"{reason}; continue with: dlclassics run {experiment_id} --resume {folder}") from None
     metrics = {**metrics, "wall_time_s": round(time.perf_counter() - started, 2)}
     atomic_write_json(folder / "metrics.json", metrics)
     write_report(run, module.TITLE, metrics, module.REFERENCES)
     return finish(run) / "report.md"
+
+
+def _remove_if_empty(folder: Path) -> None:
+    """`runs/<id>/` made for a run that was refused: gone again unless other runs live there."""
+    try:
+        folder.rmdir()
+    except OSError:
+        pass
 
 
 def _resumable(folder: Path) -> bool:
@@ -199,7 +214,7 @@ def results_table(rows: list[dict[str, Any]]) -> str:
 
 
 def command_data(args: argparse.Namespace) -> int:
-    from dlclassics.data import images
+    from dlclassics.data import registry
 
     if args.data_command == "fetch":
         from dlclassics.data.fetch import fetch
@@ -207,13 +222,13 @@ def command_data(args: argparse.Namespace) -> int:
         print(f"{args.name}: downloaded and verified in {fetch(args.name, args.to)}")
         return 0
     bad = 0
-    for name in args.names or list(images.IMAGE_DATASETS):
-        folder, splits = images.status(name, args.data_dir)
+    for name in args.names or registry.names():
+        folder, splits = registry.status(name, args.data_dir)
         for split in splits:
-            print(f"{name:<14} {split.split:<6} {split.state:<8} {split.detail}")
-            bad += split.state == "corrupt"
+            print(f"{name:<14} {split.split:<6} {split.state:<10} {split.detail}")
+            bad += split.state in ("damaged", "unofficial")
         if folder is not None and {s.state for s in splits} == {"ok", "missing"}:
-            print(f"{name:<14} {'':<6} partial  only some splits are present; use --carve-test to split them")
+            print(f"{name:<14} {'':<6} {'partial':<10} only some splits are present; use --carve-test to split them")
     return 1 if bad else 0
 
 

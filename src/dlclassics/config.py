@@ -20,7 +20,8 @@ def option(default: Any, help: str, *, low: float | None = None, high: float | N
            choices: tuple | None = None, low_open: bool = False) -> Any:
     """A config field with a one-line description and its valid range.
 
-    `low`/`high` bound numbers (inclusive unless `low_open`), `choices` lists the allowed values.
+    `low`/`high` bound numbers (inclusive unless `low_open`), `choices` lists the allowed values, or is
+    a function returning them when they come from a registry (the datasets).
     """
     meta = {"help": help, "low": low, "high": high, "choices": choices, "low_open": low_open}
     return dataclasses.field(default=default, metadata=meta)
@@ -76,6 +77,8 @@ def _coerce(name: str, kind: type, value: Any) -> Any:
 
 def _check_range(name: str, value: Any, meta: typing.Mapping[str, Any]) -> None:
     choices, low, high = meta.get("choices"), meta.get("low"), meta.get("high")
+    if callable(choices):
+        choices = choices()
     if choices is not None and value not in choices:
         raise UsageError(f"option '{name}' must be one of {', '.join(map(str, choices))}; got {value!r}")
     values = value if isinstance(value, tuple) else (value,)
