@@ -35,18 +35,22 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     listing = commands.add_parser("list", help="list the experiments, or the options of one")
-    listing.add_argument("experiment", nargs="?")
+    listing.add_argument("experiment", nargs="?", help="show this experiment's options, their defaults and ranges")
 
-    run = commands.add_parser("run", help="run an experiment")
-    run.add_argument("experiment")
+    run = commands.add_parser("run", help="run an experiment", epilog=_run_epilog(),
+                              formatter_class=argparse.RawDescriptionHelpFormatter,
+                              description="Run an experiment into runs/<id>/<time>-<id>/: model, figures, "
+                                          "metrics and a report beside the source's numbers.")
+    run.add_argument("experiment", help="the experiment's id (listed below)")
     run.add_argument("--recipe", choices=("seed", "tuned"), default="tuned",
                      help="seed = the source's hyperparameters; tuned (default) = ours, same or better, faster")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config option")
     run.add_argument("--config", type=Path, help="TOML file of option values")
     run.add_argument("--dataset", help="dataset for experiments that accept several (mnist, fashion-mnist, ...)")
-    run.add_argument("--epochs", type=int)
-    run.add_argument("--seed", type=int)
-    run.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"))
+    run.add_argument("--epochs", type=int, help="training epochs (the main training of the experiment)")
+    run.add_argument("--seed", type=int, help="seed of every random draw; the same seed gives the same numbers")
+    run.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"),
+                     help="where to compute (auto: CUDA, then Apple MPS, then the CPU)")
     run.add_argument("--quick", action="store_true", help="tiny smoke-test size")
     run.add_argument("--data-dir", type=Path, help="folder holding the datasets (or one dataset's files)")
     run.add_argument("--unverified", action="store_true",
@@ -64,9 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--quiet", action="store_true", help="no progress bars")
 
     runs = commands.add_parser("runs", help="recent finished runs with their key metrics")
-    runs.add_argument("experiment", nargs="?")
-    runs.add_argument("--out", type=Path, default=DEFAULT_RUNS)
-    runs.add_argument("--limit", type=int, default=20)
+    runs.add_argument("experiment", nargs="?", help="only this experiment's runs")
+    runs.add_argument("--out", type=Path, default=DEFAULT_RUNS, help="root folder of run folders (default: runs)")
+    runs.add_argument("--limit", type=int, default=20, help="at most this many runs (default: 20)")
     runs.add_argument("--markdown", action="store_true",
                       help="the latest run of each experiment as README results-table rows")
 
@@ -93,17 +97,34 @@ def config_layers(module: Any, args: argparse.Namespace) -> list[dict[str, Any]]
             parse_assignments(args.set)]
 
 
+RUN_EXAMPLES = """examples:
+  dlclassics run fashion-mlp                         the tuned recipe (the quickstart's run)
+  dlclassics run fashion-mlp --recipe seed           the source's hyperparameters
+  dlclassics run mnist-mlp --quick                   a smoke-test size run
+  dlclassics run vae --data-dir DIR --carve-test 0.2 only a test split in DIR: carve train/test from it
+  dlclassics run mnist-mlp --data-dir DIR --unverified   your own IDX files (marked not comparable)
+  dlclassics run loss-landscape --from-run runs/fashion-mlp/<run>
+  dlclassics run fashion-mlp --resume                continue the latest interrupted run
+  dlclassics list ID                                 an experiment's options, defaults and ranges"""
+
+
+def _run_epilog() -> str:
+    lines = [f"  {experiment_id:<22} {registry.title(experiment_id)}" for experiment_id in registry.EXPERIMENTS]
+    return "experiments:\n" + "\n".join(lines) + "\n\n" + RUN_EXAMPLES
+
+
 def command_list(args: argparse.Namespace) -> int:
     if args.experiment:
         module = registry.load(args.experiment)
         print(f"{args.experiment}: {module.TITLE}\n")
-        for name, kind, default, help_text in describe(module.Config):
-            print(f"  {name:<22} {kind:<6} {default!s:<12} {help_text}")
+        print(f"  {'option':<20} {'type':<6} {'default':<14} {'valid':<26} description")
+        for name, kind, default, valid, help_text in describe(module.Config):
+            print(f"  {name:<20} {kind:<6} {default!s:<14} {valid:<26} {help_text}")
         seed = module.RECIPES.get("seed", {})
         print(f"\n  seed recipe: {', '.join(f'{k}={v}' for k, v in seed.items()) or '(same as defaults)'}")
         return 0
     for experiment_id in registry.EXPERIMENTS:
-        print(f"{experiment_id:<22} {registry.load(experiment_id).TITLE}")
+        print(f"{experiment_id:<22} {registry.title(experiment_id)}")
     return 0
 
 

@@ -129,8 +129,22 @@ def load_toml(path: Path) -> dict[str, Any]:
     return data.get("config", data)
 
 
-def describe(cls: type) -> list[tuple[str, str, Any, str]]:
-    """(name, type, default, help) for each field, for `dlclassics list ID` and docs."""
+def valid_values(meta: typing.Mapping[str, Any]) -> str:
+    """A field's valid range in words ("one of a, b", ">= 1", "> 0 and <= 0.5"), for `dlclassics list ID`."""
+    choices = meta.get("choices")
+    if choices is not None:
+        return "one of " + ", ".join(map(str, choices() if callable(choices) else choices))
+    bounds = []
+    if meta.get("low") is not None:
+        bounds.append(f"{'>' if meta.get('low_open') else '>='} {meta['low']}")
+    if meta.get("high") is not None:
+        bounds.append(f"<= {meta['high']}")
+    return " and ".join(bounds) or "any"
+
+
+def describe(cls: type) -> list[tuple[str, str, Any, str, str]]:
+    """(name, type, default, valid values, help) for each field, for `dlclassics list ID` and docs."""
     kinds = field_types(cls)
-    return [(f.name, kinds[f.name].__name__, f.default, f.metadata.get("help", ""))
+    return [(f.name, getattr(kinds[f.name], "__name__", str(kinds[f.name])), f.default,
+             "true or false" if kinds[f.name] is bool else valid_values(f.metadata), f.metadata.get("help", ""))
             for f in dataclasses.fields(cls)]
