@@ -26,7 +26,7 @@ from torch import nn
 
 from dlclassics import plots, sweep
 from dlclassics.config import BaseConfig, option, resolve
-from dlclassics.data.images import ImageData, load_images
+from dlclassics.data.images import ImageData, image_datasets, load_images
 from dlclassics.data.transforms import flat_float, subsample
 from dlclassics.engine import (FitResult, cosine_schedule, evaluate_classifier, fit, flat_parameters, held_out,
                                make_optimizer, resolve_device, seed_everything)
@@ -42,7 +42,7 @@ DATA_FIELDS = ("seed", "device", "quick", "dataset", "val_fraction", "split_seed
 class SearchConfig(BaseConfig):
     """Options of a search-then-retrain experiment; experiments redeclare `space` with their choices."""
 
-    dataset: str = option("fashion-mnist", "image dataset", choices=("fashion-mnist", "mnist"))
+    dataset: str = option("fashion-mnist", "image dataset", choices=image_datasets)
     space: str = option("tuned", "search space: the source's grid or ours", choices=("seed", "tuned"))
     trials: int = option(12, "configurations tried by the search (the source needs at least 10)", low=1)
     sampler: str = option("random", "random search or TPE", choices=("random", "tpe"))

@@ -259,6 +259,7 @@ class Run:
     device: torch.device
     data_dir: Path | None = None
     carve_test: float = 0.0
+    unverified: bool = False  # data files accepted without matching the official checksums
     quiet: bool = False
     resume: bool = False
     workers: int = 1  # local processes for searches
@@ -332,7 +333,9 @@ class Run:
 def settings(run: Run) -> dict[str, Any]:
     """What decides a run's numbers, as config.json stores it: a run is only resumed with the same."""
     chosen = {"config": dataclasses.asdict(run.config), "data_dir": str(run.data_dir) if run.data_dir else None,
-              "carve_test": run.carve_test, "workers": run.workers,
+              "carve_test": run.carve_test,
+              "data_checks": "unverified, not comparable" if run.unverified else "official checksums required",
+              "workers": run.workers,
               "from_run": run.from_run.provenance() if run.from_run else None}
     return json.loads(json.dumps(chosen, default=_jsonable))  # tuples as lists, as read back from the file
 

@@ -26,7 +26,7 @@ import torch
 
 from dlclassics import plots
 from dlclassics.config import BaseConfig, option
-from dlclassics.data.images import load_for_run
+from dlclassics.data.images import image_datasets, load_for_run
 from dlclassics.engine import seed_everything
 from dlclassics.errors import RunError
 from dlclassics.models.energy import (PARTS, EnergyRegressor, build_energy_task, load_energy_data,
@@ -47,7 +47,7 @@ MIN_SPLIT_EXAMPLES = 10  # a data file alone is split 80/20: both parts need a f
 class Config(BaseConfig):
     data_file: str = option("", "S0's data file {'x': [N, 784], 'energy': [N, 1]} ('' = generate one)")
     weights_file: str = option("", "S0's weights file, an EnergyRegressor state dict ('' = train one)")
-    dataset: str = option("fashion-mnist", "images the exact energy is fitted to", choices=("mnist", "fashion-mnist"))
+    dataset: str = option("fashion-mnist", "images the exact energy is fitted to", choices=image_datasets)
     pca_components: int = option(32, "principal coordinates carrying the Gaussian mixture", low=1, high=783)
     mixture_components: int = option(10, "Gaussian mixture components", low=1)
     fit_images: int = option(0, "training images the exact energy is fitted to (0 = all)", low=0)
