@@ -18,6 +18,7 @@ import torch
 
 from conftest import file_digests
 from dlclassics.cli import main
+from dlclassics.models.energy import EnergyRegressor
 
 
 class Payload:
@@ -80,6 +81,13 @@ def row(name: str, build: Callable[[Inputs], list[str]], code: int, needle: str,
     return pytest.param(build, code, needle, id=name, **marks)
 
 
+def nan_weights() -> dict[str, torch.Tensor]:
+    """An EnergyRegressor state dict with NaN in its last layer: every energy it gives is NaN."""
+    state = EnergyRegressor().state_dict()
+    state["net.24.bias"] = torch.full_like(state["net.24.bias"], float("nan"))
+    return state
+
+
 PIXELS = json.dumps({"pixel_mean": 0.2, "pixel_std": 0.3})
 ROWS = [
     # ---- options and config files
@@ -140,6 +148,9 @@ ROWS = [
     row("checkpoint-pickle", lambda i: i.resume_with_pickled_checkpoint(), 2, "holds a pickled Python object"),
     # ---- values that must not finish as if fine
     row("optimizers-lr-1e300", lambda i: ["optimizers-noisy", "--quick", "--set", "lr=1e300"], 1, "the run diverged"),
+    row("energy-nan-weights", lambda i: ["energy-regressor", "--set", "data_file=" + str(i.file(
+        "e.pt", {"x": torch.zeros(20, 784), "energy": torch.zeros(20, 1)})), "--set", "weights_file=" + str(i.file(
+            "w.pt", nan_weights()))], 1, "metric file_loss came out NaN or infinite: the run diverged"),
     row("classifier-lr-1e6", lambda i: ["mnist-classifier", "--quick", "--set", "lr=1e6", *i.data_options()], 1,
         "the run diverged"),
 ]

@@ -142,6 +142,23 @@ def test_errors_inside_a_run_leave_no_folder_for_a_later_resume(toy, tmp_path, c
     assert "no interrupted run of 'toy'" in _error_line(capsys)
 
 
+def test_a_resumed_run_that_fails_keeps_the_earlier_work(toy, tmp_path, capsys):
+    folder = _interrupted(toy, tmp_path, capsys)
+
+    def fail():
+        raise RunError("the data went away")
+
+    toy.FAIL = fail
+    assert _toy(tmp_path, "--resume", str(folder)) == 1
+    assert f"the data went away; the interrupted run {folder} is kept" in _error_line(capsys)
+    assert [part["ended"] for part in json.loads((folder / "config.json").read_text())["parts"]] == \
+           ["interrupted", "failed"]
+    toy.FAIL = None
+    assert _toy(tmp_path, "--resume", str(folder)) == 0
+    (done,) = _folders(tmp_path)
+    assert json.loads((done / "metrics.json").read_text())["value"] == 1.5
+
+
 def test_a_bug_keeps_its_traceback_but_not_its_folder(toy, tmp_path):
     def bug():
         raise ZeroDivisionError("a bug")

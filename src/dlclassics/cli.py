@@ -192,8 +192,9 @@ def new_run(args: argparse.Namespace, config: Any, from_run: Any) -> Any:
 def execute(module: Any, run: Any) -> Path:
     """Run one experiment in its run folder and return the report's path.
 
-    Only an interruption leaves the folder behind, and only once there is something to resume;
-    any error removes it, so a later plain `--resume` never picks up a failed run.
+    Only an interruption leaves a new run's folder behind, and only once there is something to resume;
+    an error removes it, so a later plain `--resume` never picks up a failed run. A resumed run that
+    fails is kept (its checkpoints hold the work of earlier parts), to be resumed again.
     """
     from dlclassics import runs
 
@@ -204,10 +205,16 @@ def execute(module: Any, run: Any) -> Path:
         if not runs.resumable(run.dir):
             runs.discard(run)
             raise RunError("interrupted before the first checkpoint: nothing to resume yet") from None
-        runs.suspend(run)
+        runs.suspend(run, "interrupted")
         raise RunError(f"interrupted; continue with: dlclassics run {run.experiment} --resume {run.dir}") from None
-    except BaseException:
-        runs.discard(run)
+    except BaseException as exc:
+        if not run.resume:
+            runs.discard(run)
+            raise
+        runs.suspend(run, "failed")
+        if isinstance(exc, (UsageError, RunError)):
+            raise type(exc)(f"{exc}; the interrupted run {run.dir} is kept: resume it again once that is fixed") \
+                from None
         raise
 
 

@@ -126,8 +126,8 @@ def load_tensor_file(path: Path, expected: str) -> Any:
     except pickle.UnpicklingError as exc:
         found = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
         if found:
-            raise RunError(f"{path} holds a pickled Python object ({found.group(1)}), not plain tensors; refusing to "
-                           f"unpickle it because that can run arbitrary code. Re-save it as {expected}") from None
+            raise RunError(f"{path} holds a pickled Python object ({found.group(1)}), not plain tensors: refused, "
+                           f"because unpickling can run arbitrary code; expected {expected}") from None
         raise RunError(f"{path} is not a torch.save file of tensors; expected {expected}") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -398,7 +398,7 @@ def check_resume(run: Run) -> dict[str, Any]:
                          f"{CONFIG}); repeat its options, or start a new run without --resume")
     for path in sorted(folder.glob(CHECKPOINTS)):
         try:
-            load_tensor_file(path, "a dlclassics checkpoint")
+            load_tensor_file(path, "a checkpoint written by dlclassics")
         except RunError as exc:
             raise UsageError(f"--resume {folder}: {exc}; delete that folder and start a new run") from None
     return record
@@ -433,10 +433,11 @@ def resumable(folder: Path) -> bool:
     return any(folder.glob(CHECKPOINTS)) or (folder / SEARCH_JOURNAL).exists()
 
 
-def suspend(run: Run) -> None:
-    """An interrupted run that can be resumed: record this part's wall time, then let the folder go."""
+def suspend(run: Run, ended: str) -> None:
+    """A run stopped (`ended`: "interrupted" or "failed") that can be resumed: record this part's wall time,
+    then let the folder go."""
     run.parts[-1].update(wall_time_s=round(time.perf_counter() - run.clock, 2), load_average_end=load_average(),
-                         ended="interrupted")
+                         ended=ended)
     atomic_write_json(run.dir / CONFIG, config_record(run))
     release(run)
 
