@@ -54,7 +54,7 @@ def test_enhanced_spaces_hold_the_source_options():
     seed = fashion_mlp_enhanced.SEARCH_SPACES["seed"]
     assert set(seed["batchnorm"]) == {True, False} and seed["dropout"] == (0.0, 0.2, 0.3, 0.5)
     assert seed["activation"] == ("relu", "leaky", "elu", "prelu")
-    assert fashion_mlp_enhanced.RECIPES["seed"]["trials"] == 15 and fashion_mlp_enhanced.RECIPES["seed"]["final_epochs"] == 50
+    assert fashion_mlp_enhanced.RECIPES["seed"]["trials"] == 15 and fashion_mlp_enhanced.RECIPES["seed"]["epochs"] == 50
 
 
 def test_fashion_mlp_quick_selects_on_validation_only(image_data_dir, tmp_path):

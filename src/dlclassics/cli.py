@@ -55,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="continue an interrupted run (default: the latest incomplete one)")
     run.add_argument("--workers", type=int, default=1, help="local processes for hyperparameter searches")
     run.add_argument("--storage", help="Optuna database URL shared by workers on many machines")
+    run.add_argument("--study", metavar="NAME",
+                     help="join this existing study in --storage (the name another run printed and recorded) "
+                          "instead of starting the run's own")
     run.add_argument("--from-run", type=Path, help="an earlier run folder this experiment builds on")
     run.add_argument("--dry-run", action="store_true", help="print the resolved config and stop")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -106,7 +109,11 @@ def command_run(args: argparse.Namespace) -> int:
     from dlclassics.runs import latest_incomplete
 
     module = registry.load(args.experiment)
-    config = resolve(module.Config, *config_layers(module, args))
+    config = resolve(module.Config, *config_layers(module, args), searched=getattr(module, "SEARCHED", None))
+    if args.study and not hasattr(module, "SEARCHED"):
+        raise UsageError(f"--study: {args.experiment} runs no hyperparameter search")
+    if args.study and not args.storage:
+        raise UsageError("--study joins a study in a shared database: give its --storage URL too")
     if not 0.0 <= args.carve_test < 1.0:
         raise UsageError(f"--carve-test must be a fraction in [0, 1); got {args.carve_test}")
     if args.dry_run:
@@ -138,7 +145,8 @@ def execute(module: Any, experiment_id: str, config: Any, args: argparse.Namespa
     folder = resume_dir or new_run_dir(args.out, experiment_id)
     run = Run(experiment=experiment_id, dir=folder, config=config, device=device, data_dir=args.data_dir,
               carve_test=args.carve_test, quiet=args.quiet, resume=resume_dir is not None,
-              workers=args.workers, storage=args.storage, from_run=args.from_run)
+              workers=args.workers, storage=args.storage, from_run=args.from_run,
+              study=_study(module, experiment_id, folder, args.study, resume_dir))
     if config.quick:
         run.mark_not_comparable("--quick: a smoke-test size run, not comparable with the source")
     atomic_write_json(folder / "config.json", config_record(run))
@@ -155,6 +163,21 @@ def execute(module: Any, experiment_id: str, config: Any, args: argparse.Namespa
     atomic_write_json(folder / "metrics.json", metrics)
     write_report(run, module.TITLE, metrics, module.REFERENCES)
     return finish(run) / "report.md"
+
+
+def _study(module: Any, experiment_id: str, folder: Path, joined: str | None, resume_dir: Path | None) -> str | None:
+    """A searching experiment's study: the one it joins, the one the resumed run used, or its own."""
+    if not hasattr(module, "SEARCHED"):
+        return None
+    from dlclassics.sweep import own_study_name
+
+    recorded = None
+    if resume_dir is not None:
+        try:
+            recorded = json.loads((resume_dir / "config.json").read_text()).get("study")
+        except (OSError, ValueError, AttributeError):
+            raise UsageError(f"--resume: {resume_dir / 'config.json'} is not readable JSON") from None
+    return joined or recorded or own_study_name(experiment_id, folder)
 
 
 def _resumable(folder: Path) -> bool:

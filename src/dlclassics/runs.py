@@ -19,6 +19,7 @@ import secrets
 import subprocess
 import tempfile
 import time
+import urllib.parse
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -96,6 +97,24 @@ def git_commit() -> str:
         return commit.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
+
+
+def masked_url(url: str | None) -> str | None:
+    """A database URL fit to print or record: its password (user:PASSWORD@, ?password=) shown as ***."""
+    if url is None:
+        return None
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:
+        return "(a URL that could not be parsed: not shown)"
+    if parts.password is not None:
+        user_info, _, host = parts.netloc.rpartition("@")
+        url = url.replace(parts.netloc, f"{user_info.partition(':')[0]}:***@{host}", 1)
+    if "password=" in parts.query.lower():
+        query = "&".join("password=***" if pair.lower().startswith("password=") else pair
+                         for pair in parts.query.split("&"))
+        url = url.replace(parts.query, query, 1)
+    return url
 
 
 def machine() -> dict[str, Any]:
@@ -178,6 +197,7 @@ class Run:
     resume: bool = False
     workers: int = 1  # local processes for searches
     storage: str | None = None  # Optuna database URL for searches shared across machines
+    study: str | None = None  # the search's Optuna study (searching experiments only): its own, or one joined
     from_run: Path | None = None  # an earlier run folder this one builds on
     notes: list[str] = dataclasses.field(default_factory=list)
     figures: list[tuple[str, str]] = dataclasses.field(default_factory=list)
@@ -241,6 +261,7 @@ def config_record(run: Run) -> dict[str, Any]:
     return {"experiment": run.experiment, "config": dataclasses.asdict(run.config), "package_version": __version__,
             "git_commit": git_commit(), "machine": machine(), "device": str(run.device),
             "data_dir": str(run.data_dir) if run.data_dir else None, "carve_test": run.carve_test,
+            "study": run.study, "storage": masked_url(run.storage),
             "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(run.started))}
 
 
