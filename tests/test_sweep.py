@@ -100,7 +100,8 @@ def test_ctrl_c_then_resume_equals_the_uninterrupted_search(tmp_path, capsys):
     assert err.count("\n") == 2 and err.startswith("trial 0: a=") and "-> score" in err  # one line per trial
     resumed = search(tmp_path / "interrupted")
     err = capsys.readouterr().err
-    assert err.startswith("resuming at trial 2 (2 of 5 trials finished)\n") and "Traceback" not in err
+    assert err.startswith("resuming at trial 2 (2 of 5 trials finished; interrupted, run again after the waiting "
+                          "ones: 2)\n") and "Traceback" not in err
     assert _rows(resumed) == _rows(search(tmp_path / "uninterrupted"))  # the same points, seeds and numbers
     assert [row["trial"] for row in sweep.trial_rows(resumed)] == [0, 1, 2, 3, 4]
 

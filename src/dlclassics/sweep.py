@@ -172,7 +172,7 @@ def _open_study(place: StudyPlace, search: Search) -> optuna.Study:
     elif recorded != wanted:
         differ = sorted(key for key in wanted.keys() | recorded.keys() if wanted.get(key) != recorded.get(key))
         raise UsageError(f"{place.describe()} searches something else (its {', '.join(differ)} differ from this "
-                         "run's); join it only with the same options, or start a new study without --study")
+                         "run's options); use the options it was started with, or start a new study")
     return study
 
 
@@ -209,9 +209,10 @@ def _slot_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     return [t for t in study.get_trials(deepcopy=False) if INDEX in t.user_attrs]
 
 
-def _queue_slots(study: optuna.Study, search: Search) -> None:
+def _queue_slots(study: optuna.Study, search: Search) -> list[int]:
     """Queue each slot 0..n-1 that no trial holds: again with the parameters of its unfinished try,
-    or new (a distinct grid point in a new random search, else whatever the sampler draws)."""
+    or new (a distinct grid point in a new random search, else whatever the sampler draws).
+    Returns the slots queued again; they run after the slots that were waiting already."""
     trials = _slot_trials(study)
     held = {trial_index(t) for t in trials if _holds_slot(t)}
     tried = {trial_index(t): t.params for t in trials}
@@ -222,6 +223,17 @@ def _queue_slots(study: optuna.Study, search: Search) -> None:
         if index not in held:
             params = tried.get(index, points[index] if index < len(points) else {})
             study.enqueue_trial(params, user_attrs={INDEX: index})
+    return sorted(set(tried) - held)
+
+
+def _say_resuming(study: optuna.Study, n_trials: int, again: list[int]) -> None:
+    """"resuming at trial N" when some slots are finished, naming the interrupted ones that run again."""
+    finished = {trial_index(t) for t in _slot_trials(study) if _done(t)}
+    if 0 < len(finished) < n_trials:
+        first = min(set(range(n_trials)) - finished)
+        rerun = f"; interrupted, run again after the waiting ones: {', '.join(map(str, again))}" if again else ""
+        print(f"resuming at trial {first} ({len(finished)} of {n_trials} trials finished{rerun})",
+              file=sys.stderr, flush=True)
 
 
 def _queue_again(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
@@ -240,7 +252,7 @@ def _fail_orphans(study: optuna.Study, heartbeats: bool) -> None:
             optuna.storages.fail_stale_trials(study)
         return
     for trial in study.get_trials(deepcopy=False, states=(STATES.RUNNING,)):
-        study._storage.set_trial_state_values(trial._trial_id, state=STATES.FAIL)
+        study.tell(trial.number, state=STATES.FAIL)
 
 
 # ---------------------------------------------------------------- running trials
@@ -389,12 +401,9 @@ def optimize(objective: Objective, search: Search, place: StudyPlace, *, workers
     # depends on how many trials exist already and on the worker's rank.
     seed = search.seed + 100_003 * len(study.get_trials(deepcopy=False))
     _fail_orphans(study, place.heartbeats)
-    _queue_slots(study, search)
-    finished = {trial_index(t) for t in _slot_trials(study) if _done(t)}
-    if not quiet and 0 < len(finished) < search.n_trials:
-        first = min(set(range(search.n_trials)) - finished)
-        print(f"resuming at trial {first} ({len(finished)} of {search.n_trials} trials finished)",
-              file=sys.stderr, flush=True)
+    again = _queue_slots(study, search)
+    if not quiet:
+        _say_resuming(study, search.n_trials, again)
     if workers > 1:
         codes = _run_workers(worker_objective, search, place, seed, workers, quiet)
         dead = [code for code in codes if code != 0]
