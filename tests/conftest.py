@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from dlclassics.cli import main
-from dlclassics.data import images
+from dlclassics.data import registry
 from dlclassics.data.idx import write_idx
 
 SHARED_DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
@@ -39,16 +39,17 @@ def write_image_dataset(folder: Path, n_train: int = 600, n_test: int = 200, gzi
 
 @pytest.fixture
 def image_data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A data dir with generated `mnist/` and `fashion-mnist/` folders; checksums are switched off
-    for these two specs (the generated files cannot match the real files' hashes)."""
+    """A data dir with generated `mnist/` and `fashion-mnist/` folders; checksums and official sizes are
+    switched off for these two specs (the generated files cannot match the real files)."""
     root = tmp_path / "data"
-    for name, spec in list(images.IMAGE_DATASETS.items()):
-        unchecked = dataclasses.replace(spec, files=tuple(dataclasses.replace(f, sha256=None, gz_md5=None)
+    for name in ("mnist", "fashion-mnist"):
+        spec = registry.dataset(name)
+        unchecked = dataclasses.replace(spec, files=tuple(dataclasses.replace(f, sha256=None, shape=None)
                                                           for f in spec.files))
-        monkeypatch.setitem(images.IMAGE_DATASETS, name, unchecked)
+        monkeypatch.setitem(registry.DATASETS, name, unchecked)
         write_image_dataset(root / name)
-    monkeypatch.setattr(images, "SYSTEM_DIRS", ())
-    monkeypatch.setattr(images, "CACHE_DIR", tmp_path / "cache")
+    monkeypatch.setattr(registry, "SYSTEM_DIRS", ())
+    monkeypatch.setattr(registry, "CACHE_DIR", tmp_path / "cache")
     monkeypatch.delenv("DLCLASSICS_DATA", raising=False)
     return root
 

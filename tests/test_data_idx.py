@@ -1,4 +1,4 @@
-"""The IDX reader, checksums, the search order and `dlclassics data status` on generated files."""
+"""The IDX reader on generated files: round trips, damaged files, and bounded reads of hostile ones."""
 
 import dataclasses
 import gzip
@@ -13,8 +13,9 @@ from hypothesis import strategies as st
 
 from conftest import SHARED_DATASETS, write_image_dataset
 from dlclassics.cli import main
-from dlclassics.data import images
-from dlclassics.data.idx import parse_idx, read_payload, write_idx
+from dlclassics.data import images, registry
+from dlclassics.data.idx import idx_bytes, parse_idx, read_idx, read_payload, write_idx
+from dlclassics.data.registry import DamagedFile
 from dlclassics.errors import RunError
 
 
@@ -53,105 +54,43 @@ def test_damaged_gzip_is_refused(tmp_path):
         read_payload(path)
 
 
-def _checked_spec(folder, name="fashion-mnist"):
-    """The spec with sha256 values of the generated files, so verification is really exercised."""
-    spec = images.IMAGE_DATASETS[name]
-    files = tuple(dataclasses.replace(f, sha256=hashlib.sha256(read_payload(images.file_path(folder, f))).hexdigest(),
-                                      gz_md5=None) for f in spec.files)
-    return dataclasses.replace(spec, files=files)
+def test_gzip_bomb_is_refused_after_its_header(tmp_path, monkeypatch):
+    """A small .gz whose header claims the official shape but that inflates to far more: at most the
+    declared payload plus one byte is decompressed, then it is refused as padded."""
+    path = tmp_path / "train-images-idx3-ubyte.gz"
+    declared = idx_bytes(np.zeros((60000, 28, 28), np.uint8))
+    with gzip.open(path, "wb", compresslevel=9) as handle:
+        handle.write(declared)
+        for _ in range(50):  # + 200 MB of zeros
+            handle.write(bytes(4 << 20))
+    assert path.stat().st_size < 1 << 20
+    read = []
+    original = gzip.GzipFile.read
+    monkeypatch.setattr(gzip.GzipFile, "read", lambda self, size=-1: read.append(size) or original(self, size))
+    with pytest.raises(DamagedFile, match="padded"):
+        registry.read_verified(images.MNIST, path, images.MNIST.files[0])
+    assert -1 not in read and sum(read) <= len(declared) + 1
 
 
-def test_checksum_mismatch_is_reported_corrupt_and_refused(image_data_dir, monkeypatch, capsys):
-    folder = image_data_dir / "fashion-mnist"
-    monkeypatch.setitem(images.IMAGE_DATASETS, "fashion-mnist", _checked_spec(folder))
-    assert main(["data", "status", "fashion-mnist", "--data-dir", str(image_data_dir)]) == 0
-    raw = folder / "train-images-idx3-ubyte"
-    raw.write_bytes(read_payload(folder / "train-images-idx3-ubyte.gz"))
-    (folder / "train-images-idx3-ubyte.gz").unlink()
-    payload = bytearray(raw.read_bytes())
-    payload[100] ^= 0xFF  # one byte changed
-    raw.write_bytes(bytes(payload))
-    assert main(["data", "status", "fashion-mnist", "--data-dir", str(image_data_dir)]) == 1
-    assert "corrupt" in capsys.readouterr().out
-    with pytest.raises(RunError, match="corrupt"):
-        images.load_images("fashion-mnist", image_data_dir)
+def test_header_claiming_too_much_is_refused_before_reading(tmp_path):
+    path = tmp_path / "x"
+    path.write_bytes(bytes([0, 0, 8, 3]) + (10**9).to_bytes(4, "big") + (28).to_bytes(4, "big") * 2)
+    with pytest.raises(RunError, match="official 'mnist' file"):
+        registry.read_verified(images.MNIST, path, images.MNIST.files[0])
+    with pytest.raises(RunError, match="more than"):
+        registry.read_verified(images.MNIST, path, images.MNIST.files[0], unverified=True)
 
 
-def test_search_order_prefers_data_dir_then_env_then_cache(image_data_dir, tmp_path, monkeypatch):
-    other = write_image_dataset(tmp_path / "env" / "mnist")
-    assert images.find_folder(images.IMAGE_DATASETS["mnist"], image_data_dir) == image_data_dir / "mnist"
-    monkeypatch.setenv("DLCLASSICS_DATA", str(tmp_path / "env"))
-    assert images.find_folder(images.IMAGE_DATASETS["mnist"], None) == other
-    # DIR may also be the dataset's own folder
-    assert images.find_folder(images.IMAGE_DATASETS["mnist"], image_data_dir / "mnist") == image_data_dir / "mnist"
-
-
-def test_raw_and_gzip_files_load_the_same(tmp_path, monkeypatch, image_data_dir):
-    write_image_dataset(tmp_path / "raw" / "mnist", gzip=False)
-    raw = images.load_images("mnist", tmp_path / "raw")
-    packed = images.load_images("mnist", image_data_dir)
-    assert raw.train_x.dtype.is_floating_point is False and raw.train_x.shape == (600, 28, 28)
-    assert (raw.train_x == packed.train_x).all() and (raw.test_y == packed.test_y).all()
-
-
-def test_partial_folder_needs_carve_test(image_data_dir, capsys):
-    for path in (image_data_dir / "mnist").glob("train-*"):
-        path.unlink()
-    assert main(["data", "status", "mnist", "--data-dir", str(image_data_dir)]) == 0
-    assert "partial" in capsys.readouterr().out
-    with pytest.raises(RunError, match="--carve-test"):
-        images.load_images("mnist", image_data_dir)
-    carved = images.load_images("mnist", image_data_dir, carve_test=0.25)
-    again = images.load_images("mnist", image_data_dir, carve_test=0.25)
-    assert not carved.comparable and len(carved.test_x) == 50 and len(carved.train_x) == 150
-    assert (carved.test_y == again.test_y).all()  # deterministic
-
-
-def test_missing_dataset_is_one_clear_line(image_data_dir, tmp_path, capsys):
-    code = main(["run", "mnist-mlp", "--quick", "--data-dir", str(tmp_path / "empty"), "--out", str(tmp_path / "r")])
-    err = capsys.readouterr().err.strip().splitlines()
-    assert code == 1 and len(err) == 1 and "not found" in err[0]
-    assert not any((tmp_path / "r" / "mnist-mlp").glob("*[!e]")), "no run folder may look complete"
-
-
-def test_fetch_without_network_fails_in_one_line(tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("DLCLASSICS_MIRROR", "http://127.0.0.1:9/")
-    monkeypatch.setattr(images, "IMAGE_DATASETS", {**images.IMAGE_DATASETS})
-    monkeypatch.setitem(images.IMAGE_DATASETS, "mnist", dataclasses.replace(images.MNIST, mirrors=()))
-    code = main(["data", "fetch", "mnist", "--to", str(tmp_path / "m")])
-    err = capsys.readouterr().err.strip().splitlines()
-    assert code == 1 and len(err) == 1 and "could not download" in err[0]
-    assert not list((tmp_path / "m").iterdir())  # nothing half-written
-
-
-def test_html_error_page_is_recognised(tmp_path, monkeypatch):
-    import http.server
-    import threading
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            self.send_response(200)
-            self.send_header("Content-Type", "text/html")
-            self.end_headers()
-            self.wfile.write(b"<!DOCTYPE html><html>login</html>")
-
-        def log_message(self, *args):
-            pass
-
-    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    from dlclassics.data import fetch
-
-    try:
-        with pytest.raises(RunError, match="HTML page"):
-            fetch.download(f"http://127.0.0.1:{server.server_port}/x.gz")
-    finally:
-        server.shutdown()
+def test_read_idx_returns_the_bytes_it_parsed(tmp_path):
+    array = np.arange(24, dtype=np.uint8).reshape(2, 3, 4)
+    write_idx(tmp_path / "a.gz", array)
+    tensor, data = read_idx(tmp_path / "a.gz", ndim=3)
+    assert data == idx_bytes(array) and np.array_equal(tensor.numpy(), array)
 
 
 @pytest.mark.skipif(not (SHARED_DATASETS / "mnist-t10k").is_dir(), reason="../shared/datasets is not beside the project")
 def test_real_mnist_test_split_verifies():
-    folder, splits = images.status("mnist", SHARED_DATASETS)
+    folder, splits = registry.status("mnist", SHARED_DATASETS)
     assert {s.split: s.state for s in splits} == {"train": "missing", "test": "ok"}
     data = images.load_images("mnist", SHARED_DATASETS, carve_test=0.2)
     assert data.train_x.shape == (8000, 28, 28) and data.test_x.shape == (2000, 28, 28)

@@ -15,6 +15,7 @@ from typing import Any
 
 from dlclassics import __version__, registry
 from dlclassics.config import describe, load_toml, parse_assignments, resolve
+from dlclassics.data.registry import names as dataset_names
 from dlclassics.errors import RunError, UsageError
 
 DEFAULT_RUNS = Path("runs")
@@ -34,20 +35,27 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     listing = commands.add_parser("list", help="list the experiments, or the options of one")
-    listing.add_argument("experiment", nargs="?")
+    listing.add_argument("experiment", nargs="?", help="show this experiment's options, their defaults and ranges")
 
-    run = commands.add_parser("run", help="run an experiment")
-    run.add_argument("experiment")
+    run = commands.add_parser("run", help="run an experiment", epilog=_run_epilog(),
+                              formatter_class=argparse.RawDescriptionHelpFormatter,
+                              description="Run an experiment into runs/<id>/<time>-<id>/: model, figures, "
+                                          "metrics and a report beside the source's numbers.")
+    run.add_argument("experiment", help="the experiment's id (listed below)")
     run.add_argument("--recipe", choices=("seed", "tuned"), default="tuned",
                      help="seed = the source's hyperparameters; tuned (default) = ours, same or better, faster")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config option")
     run.add_argument("--config", type=Path, help="TOML file of option values")
     run.add_argument("--dataset", help="dataset for experiments that accept several (mnist, fashion-mnist, ...)")
-    run.add_argument("--epochs", type=int)
-    run.add_argument("--seed", type=int)
-    run.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"))
+    run.add_argument("--epochs", type=int, help="training epochs (the main training of the experiment)")
+    run.add_argument("--seed", type=int, help="seed of every random draw; the same seed gives the same numbers")
+    run.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"),
+                     help="where to compute (auto: CUDA, then Apple MPS, then the CPU)")
     run.add_argument("--quick", action="store_true", help="tiny smoke-test size")
     run.add_argument("--data-dir", type=Path, help="folder holding the datasets (or one dataset's files)")
+    run.add_argument("--unverified", action="store_true",
+                     help="accept data files that are not the official ones (your own IDX files); the run is "
+                          "marked 'unverified, not comparable'")
     run.add_argument("--carve-test", type=float, default=0.0, metavar="FRACTION",
                      help="when only one split exists, carve a deterministic test split of this fraction")
     run.add_argument("--out", type=Path, default=DEFAULT_RUNS, help="root folder of run folders (default: runs)")
@@ -63,19 +71,20 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--quiet", action="store_true", help="no progress bars")
 
     runs = commands.add_parser("runs", help="recent finished runs with their key metrics")
-    runs.add_argument("experiment", nargs="?")
-    runs.add_argument("--out", type=Path, default=DEFAULT_RUNS)
-    runs.add_argument("--limit", type=int, default=20)
+    runs.add_argument("experiment", nargs="?", help="only this experiment's runs")
+    runs.add_argument("--out", type=Path, default=DEFAULT_RUNS, help="root folder of run folders (default: runs)")
+    runs.add_argument("--limit", type=int, default=20, help="at most this many runs (default: 20)")
     runs.add_argument("--markdown", action="store_true",
                       help="the latest run of each experiment as README results-table rows")
 
     data = commands.add_parser("data", help="dataset status and download")
     data_commands = data.add_subparsers(dest="data_command", required=True, parser_class=_Parser)
     status = data_commands.add_parser("status", help="where each dataset was found, per split")
-    status.add_argument("names", nargs="*")
-    status.add_argument("--data-dir", type=Path)
-    fetch = data_commands.add_parser("fetch", help="download a dataset into the user cache and verify it")
-    fetch.add_argument("name")
+    status.add_argument("names", nargs="*", metavar="NAME", help="datasets to check (default: all)")
+    status.add_argument("--data-dir", type=Path, help="look only in this folder (DIR/<name>/ or DIR itself)")
+    fetch = data_commands.add_parser("fetch", help="download a dataset into the user cache and verify it",
+                                     description="Download a dataset and verify every file before keeping it.")
+    fetch.add_argument("name", help=f"the dataset: {', '.join(dataset_names())}")
     fetch.add_argument("--to", type=Path, help="folder to download into (default: the user cache)")
     return parser
 
@@ -91,17 +100,34 @@ def config_layers(module: Any, args: argparse.Namespace) -> list[dict[str, Any]]
             parse_assignments(args.set)]
 
 
+RUN_EXAMPLES = """examples:
+  dlclassics run fashion-mlp                         the tuned recipe (the quickstart's run)
+  dlclassics run fashion-mlp --recipe seed           the source's hyperparameters
+  dlclassics run mnist-mlp --quick                   a smoke-test size run
+  dlclassics run vae --data-dir DIR --carve-test 0.2 only a test split in DIR: carve train/test from it
+  dlclassics run mnist-mlp --data-dir DIR --unverified   your own IDX files (marked not comparable)
+  dlclassics run loss-landscape --from-run runs/fashion-mlp/<run>
+  dlclassics run fashion-mlp --resume                continue the latest interrupted run
+  dlclassics list ID                                 an experiment's options, defaults and ranges"""
+
+
+def _run_epilog() -> str:
+    lines = [f"  {experiment_id:<22} {registry.title(experiment_id)}" for experiment_id in registry.EXPERIMENTS]
+    return "experiments:\n" + "\n".join(lines) + "\n\n" + RUN_EXAMPLES
+
+
 def command_list(args: argparse.Namespace) -> int:
     if args.experiment:
         module = registry.load(args.experiment)
         print(f"{args.experiment}: {module.TITLE}\n")
-        for name, kind, default, help_text in describe(module.Config):
-            print(f"  {name:<22} {kind:<6} {default!s:<12} {help_text}")
+        print(f"  {'option':<20} {'type':<6} {'default':<14} {'valid':<26} description")
+        for name, kind, default, valid, help_text in describe(module.Config):
+            print(f"  {name:<20} {kind:<6} {default!s:<14} {valid:<26} {help_text}")
         seed = module.RECIPES.get("seed", {})
         print(f"\n  seed recipe: {', '.join(f'{k}={v}' for k, v in seed.items()) or '(same as defaults)'}")
         return 0
     for experiment_id in registry.EXPERIMENTS:
-        print(f"{experiment_id:<22} {registry.load(experiment_id).TITLE}")
+        print(f"{experiment_id:<22} {registry.title(experiment_id)}")
     return 0
 
 
@@ -144,8 +170,8 @@ def execute(module: Any, experiment_id: str, config: Any, args: argparse.Namespa
     device = resolve_device(config.device)
     folder = resume_dir or new_run_dir(args.out, experiment_id)
     run = Run(experiment=experiment_id, dir=folder, config=config, device=device, data_dir=args.data_dir,
-              carve_test=args.carve_test, quiet=args.quiet, resume=resume_dir is not None,
-              workers=args.workers, storage=args.storage, from_run=args.from_run,
+              carve_test=args.carve_test, unverified=args.unverified, quiet=args.quiet,
+              resume=resume_dir is not None, workers=args.workers, storage=args.storage, from_run=args.from_run,
               study=_study(module, experiment_id, folder, args.study, resume_dir))
     if config.quick:
         run.mark_not_comparable("--quick: a smoke-test size run, not comparable with the source")
@@ -153,11 +179,12 @@ def execute(module: Any, experiment_id: str, config: Any, args: argparse.Namespa
     started = time.perf_counter()
     try:
         metrics = module.run(config, run)
-    except (KeyboardInterrupt, RunError) as exc:
+    except (KeyboardInterrupt, RunError, UsageError) as exc:
         reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else str(exc)
-        if not _resumable(folder):  # nothing worth keeping: leave no folder behind
+        if isinstance(exc, UsageError) or not _resumable(folder):  # nothing worth keeping: leave no folder
             shutil.rmtree(folder, ignore_errors=True)
-            raise RunError(reason) from None
+            _remove_if_empty(folder.parent)
+            raise type(exc)(reason) if not isinstance(exc, KeyboardInterrupt) else RunError(reason) from None
         raise RunError(f"{reason}; continue with: dlclassics run {experiment_id} --resume {folder}") from None
     metrics = {**metrics, "wall_time_s": round(time.perf_counter() - started, 2)}
     atomic_write_json(folder / "metrics.json", metrics)
@@ -178,6 +205,14 @@ def _study(module: Any, experiment_id: str, folder: Path, joined: str | None, re
         except (OSError, ValueError, AttributeError):
             raise UsageError(f"--resume: {resume_dir / 'config.json'} is not readable JSON") from None
     return joined or recorded or own_study_name(experiment_id, folder)
+
+
+def _remove_if_empty(folder: Path) -> None:
+    """`runs/<id>/` made for a run that was refused: gone again unless other runs live there."""
+    try:
+        folder.rmdir()
+    except OSError:
+        pass
 
 
 def _resumable(folder: Path) -> bool:
@@ -222,7 +257,7 @@ def results_table(rows: list[dict[str, Any]]) -> str:
 
 
 def command_data(args: argparse.Namespace) -> int:
-    from dlclassics.data import images
+    from dlclassics.data import registry
 
     if args.data_command == "fetch":
         from dlclassics.data.fetch import fetch
@@ -230,13 +265,13 @@ def command_data(args: argparse.Namespace) -> int:
         print(f"{args.name}: downloaded and verified in {fetch(args.name, args.to)}")
         return 0
     bad = 0
-    for name in args.names or list(images.IMAGE_DATASETS):
-        folder, splits = images.status(name, args.data_dir)
+    for name in args.names or registry.names():
+        folder, splits = registry.status(name, args.data_dir)
         for split in splits:
-            print(f"{name:<14} {split.split:<6} {split.state:<8} {split.detail}")
-            bad += split.state == "corrupt"
+            print(f"{name:<14} {split.split:<6} {split.state:<10} {split.detail}")
+            bad += split.state in ("damaged", "unofficial")
         if folder is not None and {s.state for s in splits} == {"ok", "missing"}:
-            print(f"{name:<14} {'':<6} partial  only some splits are present; use --carve-test to split them")
+            print(f"{name:<14} {'':<6} {'partial':<10} only some splits are present; use --carve-test to split them")
     return 1 if bad else 0
 
 

@@ -20,7 +20,8 @@ def option(default: Any, help: str, *, low: float | None = None, high: float | N
            choices: tuple | None = None, low_open: bool = False) -> Any:
     """A config field with a one-line description and its valid range.
 
-    `low`/`high` bound numbers (inclusive unless `low_open`), `choices` lists the allowed values.
+    `low`/`high` bound numbers (inclusive unless `low_open`), `choices` lists the allowed values, or is
+    a function returning them when they come from a registry (the datasets).
     """
     meta = {"help": help, "low": low, "high": high, "choices": choices, "low_open": low_open}
     return dataclasses.field(default=default, metadata=meta)
@@ -76,6 +77,8 @@ def _coerce(name: str, kind: type, value: Any) -> Any:
 
 def _check_range(name: str, value: Any, meta: typing.Mapping[str, Any]) -> None:
     choices, low, high = meta.get("choices"), meta.get("low"), meta.get("high")
+    if callable(choices):
+        choices = choices()
     if choices is not None and value not in choices:
         raise UsageError(f"option '{name}' must be one of {', '.join(map(str, choices))}; got {value!r}")
     values = value if isinstance(value, tuple) else (value,)
@@ -130,8 +133,22 @@ def load_toml(path: Path) -> dict[str, Any]:
     return data.get("config", data)
 
 
-def describe(cls: type) -> list[tuple[str, str, Any, str]]:
-    """(name, type, default, help) for each field, for `dlclassics list ID` and docs."""
+def valid_values(meta: typing.Mapping[str, Any]) -> str:
+    """A field's valid range in words ("one of a, b", ">= 1", "> 0 and <= 0.5"), for `dlclassics list ID`."""
+    choices = meta.get("choices")
+    if choices is not None:
+        return "one of " + ", ".join(map(str, choices() if callable(choices) else choices))
+    bounds = []
+    if meta.get("low") is not None:
+        bounds.append(f"{'>' if meta.get('low_open') else '>='} {meta['low']}")
+    if meta.get("high") is not None:
+        bounds.append(f"<= {meta['high']}")
+    return " and ".join(bounds) or "any"
+
+
+def describe(cls: type) -> list[tuple[str, str, Any, str, str]]:
+    """(name, type, default, valid values, help) for each field, for `dlclassics list ID` and docs."""
     kinds = field_types(cls)
-    return [(f.name, kinds[f.name].__name__, f.default, f.metadata.get("help", ""))
+    return [(f.name, getattr(kinds[f.name], "__name__", str(kinds[f.name])), f.default,
+             "true or false" if kinds[f.name] is bool else valid_values(f.metadata), f.metadata.get("help", ""))
             for f in dataclasses.fields(cls)]

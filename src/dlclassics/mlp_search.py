@@ -26,7 +26,7 @@ from torch import nn
 
 from dlclassics import plots, sweep
 from dlclassics.config import BaseConfig, _coerce, option
-from dlclassics.data.images import ImageData, load_images
+from dlclassics.data.images import ImageData, image_datasets, load_images
 from dlclassics.data.transforms import flat_float, subsample
 from dlclassics.engine import (FitResult, cosine_schedule, evaluate_classifier, fit, flat_parameters, held_out,
                                make_optimizer, resolve_device, seed_everything)
@@ -47,7 +47,7 @@ class SearchConfig(BaseConfig):
 
     SPACES: ClassVar[dict[str, SearchSpace]] = {}  # the experiment's search spaces, by name
 
-    dataset: str = option("fashion-mnist", "image dataset", choices=("fashion-mnist", "mnist"))
+    dataset: str = option("fashion-mnist", "image dataset", choices=image_datasets)
     space: str = option("tuned", "search space: the source's grid or ours", choices=("seed", "tuned"))
     narrow: tuple[str, ...] = option((), "fix or narrow search dimensions: NAME=VALUE or NAME=V1/V2, comma "
                                          "separated (e.g. lr=0.05,units=128/256)")
@@ -171,12 +171,13 @@ class TrialSetup:
     space: SearchSpace
     data_dir: Path | None
     carve_test: float
+    unverified: bool
 
 
 def worker_objective(setup: TrialSetup) -> sweep.Objective:
     """The objective of a sweep worker process, on the data it loads once."""
     cfg = SearchConfig(**setup.config)
-    images = load_images(cfg.dataset, setup.data_dir, setup.carve_test)
+    images = load_images(cfg.dataset, setup.data_dir, setup.carve_test, setup.unverified)
     return objective(cfg, setup.space, prepared_data(cfg, images, resolve_device(cfg.device)))
 
 
@@ -193,7 +194,7 @@ def search(cfg: SearchConfig, run: Run, data: dict[str, torch.Tensor], space: Se
                  **{k: v for k, v in trial_config.items() if k != "device"}}
     plan = sweep.Search(cfg.trials, signature, sampler=cfg.sampler, seed=cfg.seed, grid=space,
                         metric="validation accuracy")
-    setup = TrialSetup(trial_config, space, run.data_dir, run.carve_test)
+    setup = TrialSetup(trial_config, space, run.data_dir, run.carve_test, run.unverified)
     run.note(f"search: {place.describe()}")
     if run.storage and not run.quiet:
         print(f"search: {place.describe()}; other machines join it with --storage {masked_url(run.storage)} "

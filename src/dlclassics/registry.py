@@ -7,7 +7,10 @@ for the smoke-test size), `REFERENCES` (the source's numbers) and `run(cfg, run)
 
 from __future__ import annotations
 
+import ast
 import importlib
+import importlib.util
+from pathlib import Path
 from types import ModuleType
 
 from dlclassics.errors import UsageError
@@ -34,9 +37,24 @@ EXPERIMENTS: dict[str, str] = {
 }
 
 
-def load(experiment_id: str) -> ModuleType:
+def title(experiment_id: str) -> str:
+    """The experiment's `TITLE`, read from its source without importing it (and torch): `dlclassics list`
+    and `run --help` answer in well under a second."""
+    spec = importlib.util.find_spec(_module_name(experiment_id))
+    tree = ast.parse(Path(spec.origin).read_text())
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "TITLE" for t in node.targets):
+            return ast.literal_eval(node.value)
+    raise AttributeError(f"{spec.origin} declares no TITLE")
+
+
+def _module_name(experiment_id: str) -> str:
     try:
-        return importlib.import_module(EXPERIMENTS[experiment_id])
+        return EXPERIMENTS[experiment_id]
     except KeyError:
         raise UsageError(f"unknown experiment '{experiment_id}'; 'dlclassics list' shows the "
                          f"{len(EXPERIMENTS)} experiments") from None
+
+
+def load(experiment_id: str) -> ModuleType:
+    return importlib.import_module(_module_name(experiment_id))

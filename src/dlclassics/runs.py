@@ -193,6 +193,7 @@ class Run:
     device: torch.device
     data_dir: Path | None = None
     carve_test: float = 0.0
+    unverified: bool = False  # data files accepted without matching the official checksums
     quiet: bool = False
     resume: bool = False
     workers: int = 1  # local processes for searches
@@ -262,6 +263,7 @@ def config_record(run: Run) -> dict[str, Any]:
             "git_commit": git_commit(), "machine": machine(), "device": str(run.device),
             "data_dir": str(run.data_dir) if run.data_dir else None, "carve_test": run.carve_test,
             "study": run.study, "storage": masked_url(run.storage),
+            "data_checks": "unverified, not comparable" if run.unverified else "official checksums required",
             "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(run.started))}
 
 

@@ -1,27 +1,32 @@
-"""Download a dataset into the user cache, verifying every file before it is kept.
+"""Download a dataset into the user cache, verifying every file before it takes a file's place.
 
 Mirrors are tried in order, each request with a timeout; `$DLCLASSICS_MIRROR` (a base URL) is
 tried first when set. urllib honours the usual proxy variables (`https_proxy`, `no_proxy`...).
 A mirror that answers with an HTML page (a login or error page) is recognised and skipped.
+
+Nothing good is ever lost: a file already present that verifies is kept as it is (and not
+downloaded again); a download goes to a temporary name, is verified there, and only then renamed
+over the final name; on any failure only that temporary file is removed.
 """
 
 from __future__ import annotations
 
 import os
+import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
 
-from dlclassics.data.images import CACHE_DIR, image_spec, verify_file
+from dlclassics.data import registry
+from dlclassics.data.registry import DataFile, DatasetSpec, dataset, file_path, read_verified
 from dlclassics.errors import RunError
-from dlclassics.runs import atomic_write_bytes
 
 TIMEOUT_SECONDS = 30
 
 
-def mirrors_for(name: str) -> list[str]:
+def mirrors_for(spec: DatasetSpec) -> list[str]:
     override = os.environ.get("DLCLASSICS_MIRROR")
-    return ([override] if override else []) + list(image_spec(name).mirrors)
+    return ([override] if override else []) + list(spec.mirrors)
 
 
 def download(url: str) -> bytes:
@@ -29,7 +34,7 @@ def download(url: str) -> bytes:
     try:
         with urllib.request.urlopen(url, timeout=TIMEOUT_SECONDS) as response:
             body = response.read()
-            content_type = response.headers.get("Content-Type", "")
+            content_type = response.headers.get("Content-Type", "") or ""
     except (urllib.error.URLError, TimeoutError, OSError) as exc:
         raise RunError(f"{url}: {getattr(exc, 'reason', exc)}") from None
     if "html" in content_type.lower() or body.lstrip()[:15].lower().startswith((b"<!doctype", b"<html")):
@@ -37,24 +42,52 @@ def download(url: str) -> bytes:
     return body
 
 
+def _already_verified(spec: DatasetSpec, folder: Path, entry: DataFile) -> bool:
+    path = file_path(folder, entry)
+    if path is None:
+        return False
+    try:
+        read_verified(spec, path, entry)
+        return True
+    except RunError:
+        return False
+
+
+def _download_verified(spec: DatasetSpec, folder: Path, entry: DataFile, url: str) -> None:
+    """Download `url` to a temporary file in `folder`, verify it, then rename it to `<name>.gz`."""
+    body = download(url)
+    fd, temporary = tempfile.mkstemp(dir=folder, prefix=f".{entry.name}.", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(body)
+        read_verified(spec, Path(temporary), entry)
+        os.chmod(temporary, 0o644)
+        os.replace(temporary, folder / f"{entry.name}.gz")
+    finally:
+        Path(temporary).unlink(missing_ok=True)
+
+
 def fetch(name: str, target: Path | None = None) -> Path:
-    """Download every file of `name` into `target` (default: the user cache) and verify it."""
-    spec = image_spec(name)
-    folder = Path(target) if target else CACHE_DIR / spec.name
-    folder.mkdir(parents=True, exist_ok=True)
+    """Download every missing or bad file of `name` into `target` (default: the user cache), verified."""
+    spec = dataset(name)
+    if not spec.mirrors and not os.environ.get("DLCLASSICS_MIRROR"):
+        raise RunError(f"'{name}' has no download location; {spec.install_hint}")
+    folder = Path(target) if target else registry.CACHE_DIR / spec.name
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RunError(f"cannot create {folder} ({exc.strerror}); pass --to a writable folder") from None
     for entry in spec.files:
-        path = folder / f"{entry.name}.gz"
+        if _already_verified(spec, folder, entry):
+            continue
         failures = []
-        for base in mirrors_for(name):
+        for base in mirrors_for(spec):
             try:
-                body = download(base.rstrip("/") + "/" + path.name)
-                atomic_write_bytes(path, body)
-                verify_file(path, entry)
+                _download_verified(spec, folder, entry, base.rstrip("/") + f"/{entry.name}.gz")
                 break
             except RunError as exc:
-                path.unlink(missing_ok=True)
                 failures.append(str(exc))
         else:
-            raise RunError(f"could not download {path.name} of '{name}' from any mirror ({'; '.join(failures)}); "
+            raise RunError(f"could not download {entry.name}.gz of '{name}' from any mirror ({'; '.join(failures)}); "
                            f"without network, copy the files into {folder} or pass --data-dir")
     return folder

@@ -1,183 +1,117 @@
-"""MNIST-style image datasets: where their IDX files are looked for, how they are verified, loaded.
+"""Image datasets stored as IDX files (MNIST, Fashion-MNIST): their specs, reader and loader.
 
-Search order (first folder holding any of the dataset's files wins):
-`--data-dir DIR` (either `DIR/<name>/` or DIR itself), `$DLCLASSICS_DATA` (same two forms),
-the user cache `~/.cache/dlclassics/<name>`, then system folders `/usr/share/datasets/<name>`
-(where Debian's `dataset-fashion-mnist` installs). Every file is checked against the sha256 of
-its decompressed payload (or, where only that is published, the md5 of the official .gz).
+Where the files are looked for and how they are verified is the registry's (`data/registry.py`);
+this module says what an IDX image set is: an images file [N, H, W] and a labels file [N] per split,
+each checked against the sha256 of its decompressed content. A new IDX image set is one more
+`register(ImageDatasetSpec(...))`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+from dlclassics.data.idx import read_idx
+from dlclassics.data.registry import (DataFile, DatasetSpec, UnofficialFile, dataset, file_path, names,
+                                      read_verified, register, require_folder)
+from dlclassics.errors import RunError
 
-from dlclassics.data.idx import parse_idx, read_payload, sha256
-from dlclassics.errors import RunError, UsageError
+if TYPE_CHECKING:  # torch is imported where data is loaded, so that listing the datasets stays cheap
+    import torch
 
-SPLITS = ("train", "test")
-CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "dlclassics"
-SYSTEM_DIRS = (Path("/usr/share/datasets"),)
-
-
-@dataclasses.dataclass(frozen=True)
-class IdxFile:
-    split: str
-    kind: str  # "images" or "labels"
-    name: str  # file name without .gz
-    sha256: str | None = None  # of the decompressed payload
-    gz_md5: str | None = None  # of the official .gz, where the payload hash is not published
+# With --unverified a file may hold any number of items, up to this bound (a 28x28 set of this size
+# takes 1.6 GB): a header claiming more is refused before anything is read.
+MAX_UNVERIFIED_ITEMS = 2_000_000
 
 
 @dataclasses.dataclass(frozen=True)
-class ImageDatasetSpec:
-    name: str
-    classes: tuple[str, ...]
-    files: tuple[IdxFile, ...]
-    mirrors: tuple[str, ...]
-    folder_aliases: tuple[str, ...] = ()
-    install_hint: str = ""
+class ImageDatasetSpec(DatasetSpec):
+    """An IDX image set: per split an `images` file [N, H, W] and a `labels` file [N]."""
 
-    def folder_names(self) -> tuple[str, ...]:
-        return (self.name, *self.folder_aliases)
+    classes: tuple[str, ...] = ()
+    channels: int = 1
+    image_size: int = 28
+
+    def read_file(self, path: Path, entry: DataFile, unverified: bool) -> tuple[torch.Tensor, bytes]:
+        item = (self.image_size, self.image_size) if entry.role == "images" else ()
+
+        def check_shape(shape: tuple[int, ...]) -> None:
+            if tuple(shape[1:]) != item:
+                raise RunError(f"{path} holds arrays of shape {list(shape)}; '{self.name}' {entry.role} are "
+                               f"[N{''.join(f', {s}' for s in item)}]")
+            if not unverified and entry.shape is not None and tuple(shape) != entry.shape:
+                raise UnofficialFile(f"{path} is not the official '{self.name}' file {entry.name} (it holds "
+                                     f"{shape[0]:,} {entry.role}, the official one {entry.shape[0]:,}); to run on "
+                                     "your own data, pass --unverified (results are then marked not comparable)")
+            if shape[0] > MAX_UNVERIFIED_ITEMS:
+                raise RunError(f"{path} claims {shape[0]:,} {entry.role}, more than the {MAX_UNVERIFIED_ITEMS:,} "
+                               "this reader accepts; is it the right file?")
+
+        return read_idx(path, ndim=1 + len(item), check_shape=check_shape)
+
+    def load(self, folder: Path, carve_test: float = 0.0, unverified: bool = False) -> ImageData:
+        return _load(self, folder, carve_test, unverified)
 
 
-MNIST = ImageDatasetSpec(
+MNIST = register(ImageDatasetSpec(
     name="mnist",
+    title="MNIST handwritten digits (LeCun et al.), 60,000 train + 10,000 test, 28x28 grey",
+    kind="images",
     classes=tuple(str(d) for d in range(10)),
     files=(
-        IdxFile("train", "images", "train-images-idx3-ubyte", gz_md5="f68b3c2dcbeaaa9fbdd348bbdeb94873"),
-        IdxFile("train", "labels", "train-labels-idx1-ubyte", gz_md5="d53e105ee54ea40749a09fcbcd1e9432"),
-        IdxFile("test", "images", "t10k-images-idx3-ubyte",
-                "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7"),
-        IdxFile("test", "labels", "t10k-labels-idx1-ubyte",
-                "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2"),
+        # Training hashes: sha256 of the decompressed official files (the same values are published by
+        # several independent loaders); only the .gz md5 is on the original page.
+        DataFile("train-images-idx3-ubyte", "train", "images",
+                 "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db", (60000, 28, 28)),
+        DataFile("train-labels-idx1-ubyte", "train", "labels",
+                 "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5", (60000,)),
+        DataFile("t10k-images-idx3-ubyte", "test", "images",
+                 "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7", (10000, 28, 28)),
+        DataFile("t10k-labels-idx1-ubyte", "test", "labels",
+                 "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2", (10000,)),
     ),
     mirrors=("https://ossci-datasets.s3.amazonaws.com/mnist/",
              "https://storage.googleapis.com/cvdf-datasets/mnist/"),
     folder_aliases=("mnist-t10k",),
     install_hint="run 'dlclassics data fetch mnist' (needs network) or pass --data-dir to a folder holding the IDX files",
-)
+))
 
-FASHION_MNIST = ImageDatasetSpec(
+FASHION_MNIST = register(ImageDatasetSpec(
     name="fashion-mnist",
+    title="Fashion-MNIST (Zalando), 60,000 train + 10,000 test, 28x28 grey",
+    kind="images",
     classes=("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
              "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
     files=(
-        IdxFile("train", "images", "train-images-idx3-ubyte",
-                "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888"),
-        IdxFile("train", "labels", "train-labels-idx1-ubyte",
-                "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9"),
-        IdxFile("test", "images", "t10k-images-idx3-ubyte",
-                "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b"),
-        IdxFile("test", "labels", "t10k-labels-idx1-ubyte",
-                "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34"),
+        DataFile("train-images-idx3-ubyte", "train", "images",
+                 "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888", (60000, 28, 28)),
+        DataFile("train-labels-idx1-ubyte", "train", "labels",
+                 "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9", (60000,)),
+        DataFile("t10k-images-idx3-ubyte", "test", "images",
+                 "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b", (10000, 28, 28)),
+        DataFile("t10k-labels-idx1-ubyte", "test", "labels",
+                 "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34", (10000,)),
     ),
     mirrors=("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
              "https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/"),
     install_hint="run 'sudo apt-get install dataset-fashion-mnist' (Debian/Ubuntu), "
                  "'dlclassics data fetch fashion-mnist', or pass --data-dir",
-)
-
-IMAGE_DATASETS = {spec.name: spec for spec in (MNIST, FASHION_MNIST)}
+))
 
 
 def image_spec(name: str) -> ImageDatasetSpec:
-    try:
-        return IMAGE_DATASETS[name]
-    except KeyError:
-        raise UsageError(f"unknown dataset '{name}'; choose one of {', '.join(IMAGE_DATASETS)}") from None
+    return dataset(name, kind="images")  # type: ignore[return-value]
 
 
-def candidate_dirs(spec: ImageDatasetSpec, data_dir: Path | None) -> list[Path]:
-    """Folders to look in, most specific first."""
-    roots: list[Path] = []
-    for explicit in (data_dir, os.environ.get("DLCLASSICS_DATA") or None):
-        if explicit is not None:
-            root = Path(explicit).expanduser()
-            roots += [root / folder for folder in spec.folder_names()] + [root]
-    roots += [CACHE_DIR / spec.name]
-    roots += [system / folder for system in SYSTEM_DIRS for folder in spec.folder_names()]
-    return roots
-
-
-def file_path(folder: Path, entry: IdxFile) -> Path | None:
-    for candidate in (folder / f"{entry.name}.gz", folder / entry.name):
-        if candidate.is_file():
-            return candidate
-    return None
-
-
-def find_folder(spec: ImageDatasetSpec, data_dir: Path | None) -> Path | None:
-    """The first candidate folder that holds any of the dataset's files (and not another dataset's)."""
-    for folder in candidate_dirs(spec, data_dir):
-        if any(file_path(folder, entry) for entry in spec.files) and not _holds_other_dataset(folder, spec):
-            return folder
-    return None
-
-
-def _holds_other_dataset(folder: Path, spec: ImageDatasetSpec) -> bool:
-    """MNIST and Fashion-MNIST share file names: a folder given directly is told apart by the
-    checksum of its (small) label files."""
-    for other in IMAGE_DATASETS.values():
-        if other.name == spec.name:
-            continue
-        for entry in (e for e in other.files if e.kind == "labels" and e.sha256):
-            path = file_path(folder, entry)
-            try:
-                if path is not None and sha256(read_payload(path)) == entry.sha256:
-                    return True
-            except RunError:
-                continue
-    return False
-
-
-def verify_file(path: Path, entry: IdxFile) -> bytes:
-    """The decompressed payload, after its checksum matched; RunError naming the file otherwise."""
-    if entry.gz_md5 is not None and path.suffix == ".gz":
-        if hashlib.md5(path.read_bytes()).hexdigest() != entry.gz_md5:
-            raise RunError(f"{path} is corrupt (md5 of the .gz does not match the official file); "
-                           "delete it and fetch it again")
-    payload = read_payload(path)
-    if entry.sha256 is not None and sha256(payload) != entry.sha256:
-        raise RunError(f"{path} is corrupt (sha256 of its content does not match); delete it and fetch it again")
-    return payload
-
-
-@dataclasses.dataclass
-class SplitStatus:
-    split: str
-    state: str  # "ok", "missing", "corrupt"
-    detail: str
-
-
-def status(name: str, data_dir: Path | None = None) -> tuple[Path | None, list[SplitStatus]]:
-    """Where the dataset was found and the state of each split, for `dlclassics data status`."""
-    spec = image_spec(name)
-    folder = find_folder(spec, data_dir)
-    report = []
-    for split in SPLITS:
-        entries = [e for e in spec.files if e.split == split]
-        if folder is None or not all(file_path(folder, e) for e in entries):
-            report.append(SplitStatus(split, "missing", "not found in " + (str(folder) if folder else "any location")))
-            continue
-        try:
-            for entry in entries:
-                verify_file(file_path(folder, entry), entry)
-            report.append(SplitStatus(split, "ok", str(folder)))
-        except RunError as exc:
-            report.append(SplitStatus(split, "corrupt", str(exc)))
-    return folder, report
+def image_datasets() -> tuple[str, ...]:
+    """The registered image sets: the `choices` of every image experiment's `dataset` option."""
+    return names("images")
 
 
 @dataclasses.dataclass
 class ImageData:
-    """A dataset in memory: uint8 images [N, 28, 28] and int64 labels [N] per split."""
+    """A dataset in memory: uint8 images [N, H, W] (grey) or [N, C, H, W] and int64 labels [N] per split."""
 
     name: str
     classes: tuple[str, ...]
@@ -186,51 +120,66 @@ class ImageData:
     test_x: torch.Tensor
     test_y: torch.Tensor
     source: str
-    comparable: bool = True  # False when the test split was carved out of another split
+    comparable: bool = True  # False when the test split was carved out of another split, or unverified
     note: str = ""
+    channels: int = 1
+    image_size: int = 28
 
 
-def _load_split(spec: ImageDatasetSpec, folder: Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
-    tensors = {}
-    for entry in (e for e in spec.files if e.split == split):
-        path = file_path(folder, entry)
-        tensors[entry.kind] = parse_idx(verify_file(path, entry), str(path), 3 if entry.kind == "images" else 1)
+def _load_split(spec: ImageDatasetSpec, folder: Path, split: str,
+                unverified: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    tensors = {entry.role: read_verified(spec, file_path(folder, entry), entry, unverified)
+               for entry in spec.files if entry.split == split}
     images, labels = tensors["images"], tensors["labels"].long()
     if len(images) != len(labels):
         raise RunError(f"{folder}: the {split} images ({len(images)}) and labels ({len(labels)}) differ in number")
+    if len(labels) and int(labels.max()) >= len(spec.classes):
+        raise RunError(f"{folder}: the {split} labels go up to {int(labels.max())}, but '{spec.name}' has "
+                       f"{len(spec.classes)} classes")
     return images, labels
 
 
-def load_images(name: str, data_dir: Path | None = None, carve_test: float = 0.0) -> ImageData:
-    """Load, verify and return a dataset; `carve_test` makes a test split when one is missing."""
-    spec = image_spec(name)
-    folder = find_folder(spec, data_dir)
-    if folder is None:
-        raise RunError(f"dataset '{name}' was not found (looked in {', '.join(map(str, candidate_dirs(spec, data_dir)))}); "
-                       f"{spec.install_hint}")
-    present = [s for s in SPLITS if all(file_path(folder, e) for e in spec.files if e.split == s)]
-    if present == list(SPLITS):
-        train, test = (_load_split(spec, folder, s) for s in SPLITS)
-        return ImageData(name, spec.classes, *train, *test, source=str(folder))
+def _load(spec: ImageDatasetSpec, folder: Path, carve_test: float, unverified: bool) -> ImageData:
+    present = [s for s in spec.splits if all(file_path(folder, e) for e in spec.files if e.split == s)]
+    shape = {"channels": spec.channels, "image_size": spec.image_size}
+    notes = []
+    if unverified:
+        notes.append(f"data: unverified, not comparable (files in {folder} were not checked against the "
+                     f"official '{spec.name}' checksums)")
+    if present == list(spec.splits):
+        train, test = (_load_split(spec, folder, s, unverified) for s in ("train", "test"))
+        return ImageData(spec.name, spec.classes, *train, *test, source=str(folder), comparable=not unverified,
+                         note="; ".join(notes), **shape)
     if not present:
-        raise RunError(f"{folder} holds only part of a split of '{name}'; {spec.install_hint}")
+        raise RunError(f"{folder} holds only part of a split of '{spec.name}'; {spec.install_hint}")
     if not 0.0 < carve_test < 1.0:
-        raise RunError(f"{folder} holds only the {present[0]} split of '{name}'; pass --carve-test 0.2 to split it "
-                       f"into train and test (results then are not comparable with the source), or {spec.install_hint}")
-    images, labels = _load_split(spec, folder, present[0])
+        raise RunError(f"{folder} holds only the {present[0]} split of '{spec.name}'; pass --carve-test 0.2 to "
+                       f"split it into train and test (results then are not comparable with the source), or "
+                       f"{spec.install_hint}")
+    import torch
+
+    images, labels = _load_split(spec, folder, present[0], unverified)
     order = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))
     n_test = int(round(carve_test * len(images)))
     test_idx, train_idx = order[:n_test], order[n_test:]
-    note = (f"train/test carved from the {present[0]} split only ({len(train_idx)}/{n_test}, fraction {carve_test}); "
-            "numbers are not comparable with the source's")
-    return ImageData(name, spec.classes, images[train_idx], labels[train_idx], images[test_idx], labels[test_idx],
-                     source=str(folder), comparable=False, note=note)
+    notes.append(f"train/test carved from the {present[0]} split only ({len(train_idx)}/{n_test}, fraction "
+                 f"{carve_test}); numbers are not comparable with the source's")
+    return ImageData(spec.name, spec.classes, images[train_idx], labels[train_idx], images[test_idx],
+                     labels[test_idx], source=str(folder), comparable=False, note="; ".join(notes), **shape)
+
+
+def load_images(name: str, data_dir: Path | None = None, carve_test: float = 0.0,
+                unverified: bool = False) -> ImageData:
+    """Locate, verify and load an image set; `carve_test` makes a test split when one is missing."""
+    spec = image_spec(name)
+    return spec.load(require_folder(spec, data_dir), carve_test=carve_test, unverified=unverified)
 
 
 def load_for_run(run: Any, name: str) -> ImageData:
-    """Load a dataset for a run, noting its source and marking the run when the split was carved."""
-    data = load_images(name, run.data_dir, run.carve_test)
+    """Load a dataset for a run, noting its source and marking the run when the data is not the official split."""
+    data = load_images(name, run.data_dir, run.carve_test, run.unverified)
     run.note(f"data: {name} from {data.source} ({len(data.train_x):,} train, {len(data.test_x):,} test images)")
     if not data.comparable:
         run.mark_not_comparable(data.note)
     return data
+

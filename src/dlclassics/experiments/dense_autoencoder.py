@@ -22,7 +22,7 @@ import torch
 
 from dlclassics import plots
 from dlclassics.config import BaseConfig, option
-from dlclassics.data.images import load_for_run
+from dlclassics.data.images import image_datasets, load_for_run
 from dlclassics.data.transforms import flat_float, subsample
 from dlclassics.engine import fit, make_optimizer, seed_everything
 from dlclassics.models.autoencoder import DenseAutoencoder, reconstruction_error, reconstruction_step
@@ -34,7 +34,7 @@ TITLE = "Dense autoencoder 784-128-64 on Fashion-MNIST (S1 Problem 4)"
 
 @dataclasses.dataclass(frozen=True)
 class Config(BaseConfig):
-    dataset: str = option("fashion-mnist", "image dataset", choices=("fashion-mnist", "mnist"))
+    dataset: str = option("fashion-mnist", "image dataset", choices=image_datasets)
     sizes: tuple[int, ...] = option((784, 128, 64), "encoder widths, input first, code last (decoder mirrors)",
                                     low=1)
     lr: float = option(1e-3, "Adam learning rate", low=0.0, low_open=True)

@@ -26,7 +26,7 @@ import torch
 
 from dlclassics import plots
 from dlclassics.config import BaseConfig, option
-from dlclassics.data.images import load_for_run
+from dlclassics.data.images import image_datasets, load_for_run
 from dlclassics.engine import seed_everything
 from dlclassics.models.energy import (PARTS, EnergyRegressor, build_energy_task, load_energy_data,
                                       load_energy_weights, mse, predict, save_energy_data, train_energy_regressor)
@@ -39,7 +39,7 @@ TITLE = "Energy regressor: S0's 14M-parameter MLP and the MSE of its energies (S
 class Config(BaseConfig):
     data_file: str = option("", "S0's data file {'x': [N, 784], 'energy': [N, 1]} ('' = generate one)")
     weights_file: str = option("", "S0's weights file, an EnergyRegressor state dict ('' = train one)")
-    dataset: str = option("fashion-mnist", "images the exact energy is fitted to", choices=("mnist", "fashion-mnist"))
+    dataset: str = option("fashion-mnist", "images the exact energy is fitted to", choices=image_datasets)
     pca_components: int = option(32, "principal coordinates carrying the Gaussian mixture", low=1, high=783)
     mixture_components: int = option(10, "Gaussian mixture components", low=1)
     fit_images: int = option(0, "training images the exact energy is fitted to (0 = all)", low=0)

@@ -29,7 +29,7 @@ import torch
 
 from dlclassics import landscape
 from dlclassics.config import BaseConfig, option
-from dlclassics.data.images import load_for_run
+from dlclassics.data.images import image_datasets, load_for_run
 from dlclassics.data.transforms import flat_float, subsample
 from dlclassics.engine import evaluate_classifier, fit, flat_parameters, make_optimizer, seed_everything
 from dlclassics.errors import RunError
@@ -42,7 +42,7 @@ TITLE = "Loss landscape around the SGD trajectory of the Fashion-MNIST MLP (S1 P
 @dataclasses.dataclass(frozen=True)
 class Config(BaseConfig):
     dataset: str = option("fashion-mnist", "image dataset (a --from-run run's own dataset wins)",
-                          choices=("fashion-mnist", "mnist"))
+                          choices=image_datasets)
     hidden: tuple[int, ...] = option((40, 40, 40), "hidden widths of the MLP trained without --from-run", low=1)
     lr: float = option(0.01, "SGD learning rate (without --from-run)", low=0.0, low_open=True)
     batch_size: int = option(16, "SGD minibatch size (without --from-run)", low=1)

@@ -28,7 +28,7 @@ import torch
 
 from dlclassics import plots
 from dlclassics.config import BaseConfig, option
-from dlclassics.data.images import load_for_run
+from dlclassics.data.images import image_datasets, load_for_run
 from dlclassics.engine import seed_everything
 from dlclassics.errors import UsageError
 from dlclassics.experiments.energy_regressor import Config as RegressorConfig
@@ -49,7 +49,7 @@ class Config(BaseConfig):
     target: str = option("network", "what is sampled: the energy network or the exact energy",
                          choices=("network", "exact"))
     dataset: str = option("fashion-mnist", "images for the exact energy and the t-SNE reference points",
-                          choices=("mnist", "fashion-mnist"))
+                          choices=image_datasets)
     train_examples: int = option(4000, "regressor training set size when no --from-run is given", low=3)
     epochs: int = option(3, "regressor training epochs when no --from-run is given", low=1)
     pca_components: int = option(32, "exact energy (no --from-run): principal coordinates of the mixture", low=1,

@@ -18,7 +18,7 @@ import torch
 
 from dlclassics import plots
 from dlclassics.config import BaseConfig, option
-from dlclassics.data.images import load_for_run
+from dlclassics.data.images import image_datasets, load_for_run
 from dlclassics.data.transforms import flat_float, subsample
 from dlclassics.engine import cosine_schedule, evaluate_classifier, fit, held_out, make_optimizer, seed_everything
 from dlclassics.models.mlp import mlp
@@ -29,7 +29,7 @@ TITLE = "MLP classifier on MNIST (S3)"
 
 @dataclasses.dataclass(frozen=True)
 class Config(BaseConfig):
-    dataset: str = option("mnist", "image dataset", choices=("mnist", "fashion-mnist"))
+    dataset: str = option("mnist", "image dataset", choices=image_datasets)
     hidden: tuple[int, ...] = option((128, 64), "hidden layer widths, comma separated", low=1)
     lr: float = option(2e-3, "Adam learning rate", low=0.0, low_open=True)
     batch_size: int = option(128, "minibatch size", low=1)
@@ -55,7 +55,7 @@ def run(cfg: Config, run: Run) -> dict[str, Any]:
     test_x, test_y = flat_float(data.test_x, 0.5, 0.5), data.test_y
     train_x, train_y, test_x, test_y = (t.to(run.device) for t in (train_x, train_y, test_x, test_y))
 
-    model = mlp(784, list(cfg.hidden), 10).to(run.device)
+    model = mlp(train_x.shape[1], list(cfg.hidden), len(data.classes)).to(run.device)
     optimizer = make_optimizer("adam", model, cfg.lr)
     scheduler = cosine_schedule(optimizer, cfg.epochs, cfg.cosine)
 

@@ -21,7 +21,7 @@ import torch
 
 from dlclassics import plots
 from dlclassics.config import BaseConfig, option, resolve
-from dlclassics.data.images import load_for_run
+from dlclassics.data.images import image_datasets, load_for_run
 from dlclassics.data.splits import first_of_each_class, holdout
 from dlclassics.data.transforms import flat_float, subsample
 from dlclassics.engine import fit, make_optimizer, seed_everything
@@ -35,7 +35,7 @@ SNAPSHOTS = (1, 5, 10, 20, 30)
 
 @dataclasses.dataclass(frozen=True)
 class Config(BaseConfig):
-    dataset: str = option("mnist", "image dataset", choices=("mnist", "fashion-mnist"))
+    dataset: str = option("mnist", "image dataset", choices=image_datasets)
     latent: int = option(20, "latent dimensions", low=1)
     hidden: int = option(256, "hidden units of the encoder's and the decoder's one hidden layer", low=1)
     likelihood: str = option("bernoulli", "pixel likelihood (continuous-bernoulli adds its normaliser)",

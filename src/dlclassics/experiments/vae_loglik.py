@@ -26,6 +26,7 @@ from torch.nn import functional as F
 
 from dlclassics import plots
 from dlclassics.config import BaseConfig, option
+from dlclassics.data.images import image_datasets
 from dlclassics.engine import seed_everything
 from dlclassics.errors import UsageError
 from dlclassics.experiments import vae
@@ -38,7 +39,7 @@ TITLE = "log p(x) under a VAE by importance sampling (S4 Q4)"
 
 @dataclasses.dataclass(frozen=True)
 class Config(BaseConfig):
-    dataset: str = option("mnist", "image dataset (must be the --from-run VAE's)", choices=("mnist", "fashion-mnist"))
+    dataset: str = option("mnist", "image dataset (must be the --from-run VAE's)", choices=image_datasets)
     samples: tuple[int, ...] = option((1, 10, 100, 1000), "importance samples K, comma separated (K = 1: the ELBO)",
                                       low=1)
     images: int = option(10000, "images per split (train: a fixed random subset; 0 = all)", low=0)
