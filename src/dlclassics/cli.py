@@ -64,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--workers", type=bounded_int(1, MAX_WORKERS), default=1,
                      help=f"local processes for hyperparameter searches (1 to {MAX_WORKERS})")
     run.add_argument("--storage", help="Optuna database URL shared by workers on many machines")
+    run.add_argument("--study", metavar="NAME",
+                     help="join this existing study in --storage (the name another run printed and recorded) "
+                          "instead of starting the run's own")
     run.add_argument("--from-run", type=Path, help="an earlier run folder this experiment builds on")
     run.add_argument("--dry-run", action="store_true", help="print the resolved config and stop")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -146,7 +149,11 @@ def command_run(args: argparse.Namespace) -> int:
     from dlclassics.runs import read_finished_run
 
     module = registry.load(args.experiment)
-    config = resolve(module.Config, *config_layers(module, args))
+    config = resolve(module.Config, *config_layers(module, args), searched=getattr(module, "SEARCHED", None))
+    if args.study and not hasattr(module, "SEARCHED"):
+        raise UsageError(f"--study: {args.experiment} runs no hyperparameter search")
+    if args.study and not args.storage:
+        raise UsageError("--study joins a study in a shared database: give its --storage URL too")
     if not 0.0 <= args.carve_test < 1.0:
         raise UsageError(f"--carve-test must be a fraction in [0, 1); got {args.carve_test}")
     if args.dry_run:
@@ -160,12 +167,12 @@ def command_run(args: argparse.Namespace) -> int:
         if upstream is None:
             raise UsageError(f"'{args.experiment}' does not build on another run; drop --from-run")
         from_run = read_finished_run(args.from_run, upstream.experiments, upstream.files, upstream.metrics)
-    report = execute(module, new_run(args, config, from_run))
+    report = execute(module, new_run(module, args, config, from_run))
     print(report)
     return 0
 
 
-def new_run(args: argparse.Namespace, config: Any, from_run: Any) -> Any:
+def new_run(module: Any, args: argparse.Namespace, config: Any, from_run: Any) -> Any:
     """The Run: in a new folder, or in the interrupted one `--resume` names (checked when it starts)."""
     from dlclassics.engine import resolve_device
     from dlclassics.runs import Run, latest_incomplete, new_run_dir
@@ -183,7 +190,8 @@ def new_run(args: argparse.Namespace, config: Any, from_run: Any) -> Any:
         folder = new_run_dir(args.out, args.experiment)
     run = Run(experiment=args.experiment, dir=folder, config=config, device=device, data_dir=args.data_dir,
               carve_test=args.carve_test, unverified=args.unverified, quiet=args.quiet, resume=bool(args.resume),
-              workers=args.workers, storage=args.storage, from_run=from_run)
+              workers=args.workers, storage=args.storage, from_run=from_run,
+              study=_study(module, args.experiment, folder, args.study, folder if args.resume else None))
     if config.quick:
         run.mark_not_comparable("--quick: a smoke-test size run, not comparable with the source")
     return run
@@ -216,6 +224,21 @@ def execute(module: Any, run: Any) -> Path:
             raise type(exc)(f"{exc}; the interrupted run {run.dir} is kept: resume it again once that is fixed") \
                 from None
         raise
+
+
+def _study(module: Any, experiment_id: str, folder: Path, joined: str | None, resume_dir: Path | None) -> str | None:
+    """A searching experiment's study: the one it joins, the one the resumed run used, or its own."""
+    if not hasattr(module, "SEARCHED"):
+        return None
+    from dlclassics.sweep import own_study_name
+
+    recorded = None
+    if resume_dir is not None:
+        try:
+            recorded = json.loads((resume_dir / "config.json").read_text()).get("study")
+        except (OSError, ValueError, AttributeError):
+            raise UsageError(f"--resume: {resume_dir / 'config.json'} is not readable JSON") from None
+    return joined or recorded or own_study_name(experiment_id, folder)
 
 
 def command_runs(args: argparse.Namespace) -> int:

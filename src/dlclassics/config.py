@@ -105,15 +105,19 @@ def _check_range(name: str, value: Any, meta: typing.Mapping[str, Any]) -> None:
                          f"got {value!r}")
 
 
-def resolve(cls: type, *layers: typing.Mapping[str, Any]) -> Any:
+def resolve(cls: type, *layers: typing.Mapping[str, Any], searched: typing.Mapping[str, str] | None = None) -> Any:
     """Build a config of `cls` from defaults plus override layers (later layers win).
 
-    Unknown keys are refused with the list of valid ones; every value is coerced and range-checked.
+    Unknown keys are refused with the list of valid ones, or, for a search dimension of the
+    experiment (`searched`: name -> how to fix or narrow it), with that hint; every value is
+    coerced and range-checked.
     """
-    kinds = field_types(cls)
+    kinds, searched = field_types(cls), searched or {}
     values: dict[str, Any] = {}
     for layer in layers:
         for name, raw in layer.items():
+            if name not in kinds and name in searched:
+                raise UsageError(f"'{name}' is a search dimension of this experiment, not an option: {searched[name]}")
             if name not in kinds:
                 raise UsageError(f"unknown option '{name}'; valid options: {', '.join(sorted(kinds))}")
             values[name] = _coerce(name, kinds[name], raw)

@@ -29,6 +29,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+import urllib.parse
 import zipfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -150,6 +151,24 @@ def git_commit() -> str:
         return "unknown"
 
 
+def masked_url(url: str | None) -> str | None:
+    """A database URL fit to print or record: its password (user:PASSWORD@, ?password=) shown as ***."""
+    if url is None:
+        return None
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:
+        return "(a URL that could not be parsed: not shown)"
+    if parts.password is not None:
+        user_info, _, host = parts.netloc.rpartition("@")
+        url = url.replace(parts.netloc, f"{user_info.partition(':')[0]}:***@{host}", 1)
+    if "password=" in parts.query.lower():
+        query = "&".join("password=***" if pair.lower().startswith("password=") else pair
+                         for pair in parts.query.split("&"))
+        url = url.replace(parts.query, query, 1)
+    return url
+
+
 def machine() -> dict[str, Any]:
     return {"platform": platform.platform(), "processor": platform.machine(), "cpu_count": os.cpu_count(),
             "torch_threads": torch.get_num_threads(), "python": platform.python_version(), "torch": torch.__version__}
@@ -264,6 +283,7 @@ class Run:
     resume: bool = False
     workers: int = 1  # local processes for searches
     storage: str | None = None  # Optuna database URL for searches shared across machines
+    study: str | None = None  # the search's Optuna study (searching experiments only): its own, or one joined
     from_run: FinishedRun | None = None  # an earlier run this one builds on (`--from-run`), checked
     notes: list[str] = dataclasses.field(default_factory=list)
     figures: list[tuple[str, str]] = dataclasses.field(default_factory=list)
@@ -335,7 +355,7 @@ def settings(run: Run) -> dict[str, Any]:
     chosen = {"config": dataclasses.asdict(run.config), "data_dir": str(run.data_dir) if run.data_dir else None,
               "carve_test": run.carve_test,
               "data_checks": "unverified, not comparable" if run.unverified else "official checksums required",
-              "workers": run.workers,
+              "workers": run.workers, "study": run.study, "storage": masked_url(run.storage),
               "from_run": run.from_run.provenance() if run.from_run else None}
     return json.loads(json.dumps(chosen, default=_jsonable))  # tuples as lists, as read back from the file
 

@@ -54,7 +54,7 @@ class Config(BaseConfig):
     dataset: str = option("fashion-mnist", "images for the exact energy and the t-SNE reference points",
                           choices=image_datasets)
     train_examples: int = option(4000, "regressor training set size when no --from-run is given", low=3)
-    train_epochs: int = option(3, "regressor training epochs when no --from-run is given", low=1)
+    epochs: int = option(3, "regressor training epochs when no --from-run is given", low=1)
     pca_components: int = option(32, "exact energy (no --from-run): principal coordinates of the mixture", low=1,
                                  high=783)
     mixture_components: int = option(10, "exact energy (no --from-run): Gaussian mixture components", low=1)
@@ -64,7 +64,7 @@ class Config(BaseConfig):
 
 
 RECIPES: dict[str, dict[str, Any]] = {"seed": {"chains": 1}, "tuned": {}}
-QUICK = {"burn_in": 5, "n_samples": 10, "chains": 4, "train_examples": 120, "train_epochs": 1, "tsne_points": 30,
+QUICK = {"burn_in": 5, "n_samples": 10, "chains": 4, "train_examples": 120, "epochs": 1, "tsne_points": 30,
          "tsne_iterations": 250,
          "pca_components": 8, "mixture_components": 2, "fit_images": 1000}
 
@@ -129,12 +129,12 @@ def energy_source(cfg: Config, run: Run, data: Any, generator: torch.Generator) 
                              n_test=max(3, cfg.train_examples // 10), seed=cfg.seed, generator=generator,
                              fit_images=cfg.fit_images)
     recipe = energy_regressor.Config()  # energy-regressor's batch size and learning rate
-    model, _ = train_energy_regressor(task.x_train, task.e_train, epochs=cfg.train_epochs,
+    model, _ = train_energy_regressor(task.x_train, task.e_train, epochs=cfg.epochs,
                                       batch_size=recipe.batch_size, lr=recipe.lr, generator=generator,
                                       device=run.device, quiet=run.quiet)
     run.save_model(model)
     run.note(f"no --from-run: trained an EnergyRegressor here on {cfg.train_examples:,} generated examples for "
-             f"{cfg.train_epochs} epochs (energy-regressor's exact energy); a longer energy-regressor run gives a "
+             f"{cfg.epochs} epochs (energy-regressor's exact energy); a longer energy-regressor run gives a "
              "better network")
     return model, task.exact.to(run.device), task.pixel_mean, task.pixel_std
 

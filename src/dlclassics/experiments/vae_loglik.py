@@ -51,11 +51,11 @@ class Config(BaseConfig):
     # ~1.8x faster than 25,000-row calls on this CPU
     batch_images: int = option(100, "images per batch", low=1)
     chunk: int = option(20, "samples per decoder call (batch_images * chunk rows of 784 logits)", low=1)
-    vae_epochs: int = option(30, "epochs of the VAE trained here when no --from-run is given", low=1)
+    epochs: int = option(30, "epochs of the VAE trained here when no --from-run is given", low=1)
 
 
 RECIPES = {"seed": {}, "tuned": {}}  # an estimator, not a training recipe: both are the defaults
-QUICK = {"samples": (1, 10, 50), "images": 100, "iwae_samples": 200, "iwae_images": 20, "vae_epochs": 2}
+QUICK = {"samples": (1, 10, 50), "images": 100, "iwae_samples": 200, "iwae_images": 20, "epochs": 2}
 
 REFERENCES = [
     Reference("train_logp", -250.7, "mean log p(x), training images (nats)", rule="higher", dataset="mnist"),
@@ -121,7 +121,7 @@ def load_model(cfg: Config, run: Run, generator: torch.Generator) -> tuple[vae.C
     with the VAE's data splits (so "train" means the images it was trained on)."""
     if run.from_run is None:
         vae_cfg = vae.Config(**{**(vae.QUICK if cfg.quick else {}), "dataset": cfg.dataset,
-                                "epochs": cfg.vae_epochs, "seed": cfg.seed, "device": cfg.device})
+                                "epochs": cfg.epochs, "seed": cfg.seed, "device": cfg.device})
         data = vae.prepared_data(vae_cfg, run)
         vae.train(vae_cfg, run, data, generator)
         return vae_cfg, vae.load_snapshots(vae_cfg, run.dir, run.device)[vae_cfg.epochs], data
