@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import time
@@ -54,6 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--resume", nargs="?", const="latest", metavar="RUN_DIR",
                      help="continue an interrupted run (default: the latest incomplete one)")
     run.add_argument("--workers", type=int, default=1, help="local processes for hyperparameter searches")
+    run.add_argument("--nproc", type=int, default=1, metavar="N",
+                     help="train on N local processes with DistributedDataParallel (under torchrun, leave it out)")
+    run.add_argument("--threads", type=int, metavar="N",
+                     help="torch threads per process (default: the cores divided by the local processes)")
     run.add_argument("--storage", help="Optuna database URL shared by workers on many machines")
     run.add_argument("--from-run", type=Path, help="an earlier run folder this experiment builds on")
     run.add_argument("--dry-run", action="store_true", help="print the resolved config and stop")
@@ -103,17 +108,45 @@ def command_list(args: argparse.Namespace) -> int:
 
 
 def command_run(args: argparse.Namespace) -> int:
-    from dlclassics.runs import latest_incomplete
+    from dlclassics import distributed
 
     module = registry.load(args.experiment)
     config = resolve(module.Config, *config_layers(module, args))
     if not 0.0 <= args.carve_test < 1.0:
         raise UsageError(f"--carve-test must be a fraction in [0, 1); got {args.carve_test}")
+    place = distributed.placement()
+    check_processes(args, place)
     if args.dry_run:
         import dataclasses
 
         print(json.dumps({"experiment": args.experiment, "config": dataclasses.asdict(config)}, indent=2))
         return 0
+    # Ranks other than 0 learn from rank 0 whether the run resumes (their machine may hold no run folders).
+    resume_dir = resume_folder(args) if place is None or place.rank == 0 else None
+    if args.nproc > 1 and place is None:
+        return distributed.launch(args.argv, args.nproc)
+    report = execute(module, args.experiment, config, args, resume_dir)
+    if report is not None:
+        print(report)
+    return 0
+
+
+def check_processes(args: argparse.Namespace, place: Any) -> None:
+    """--nproc against torchrun's variables, and against the search options that start processes of their own."""
+    if args.nproc < 1:
+        raise UsageError(f"--nproc must be at least 1; got {args.nproc}")
+    if place is not None and args.nproc not in (1, place.local_world_size):
+        raise UsageError(f"--nproc {args.nproc}, but torchrun started {place.local_world_size} processes on this "
+                         "machine; leave --nproc out under torchrun")
+    if (place.world_size if place else args.nproc) > 1 and (args.workers > 1 or args.storage):
+        raise UsageError("--workers and --storage run search trials in processes of their own; with --nproc or "
+                         "torchrun every trial trains on all the processes instead: leave them out")
+
+
+def resume_folder(args: argparse.Namespace) -> Path | None:
+    """The run folder `--resume` names (the latest interrupted one by default), checked; None without --resume."""
+    from dlclassics.runs import latest_incomplete
+
     resume_dir = None
     if args.resume == "latest":
         resume_dir = latest_incomplete(args.out, args.experiment)
@@ -123,22 +156,52 @@ def command_run(args: argparse.Namespace) -> int:
         resume_dir = Path(args.resume)
         if not (resume_dir / "config.json").is_file():
             raise UsageError(f"--resume: {resume_dir} is not a run folder")
-    report = execute(module, args.experiment, config, args, resume_dir)
-    print(report)
-    return 0
+    return resume_dir
 
 
 def execute(module: Any, experiment_id: str, config: Any, args: argparse.Namespace,
-            resume_dir: Path | None) -> Path:
-    """Run one experiment into its run folder and return the report's path."""
-    from dlclassics.engine import resolve_device
-    from dlclassics.runs import Run, atomic_write_json, config_record, finish, new_run_dir, write_report
+            resume_dir: Path | None) -> Path | None:
+    """Run one experiment into its run folder and return the report's path.
 
+    In a process group (--nproc, torchrun) rank 0 does this; the other ranks run the experiment in a
+    scratch copy of rank 0's folder and return None (see `distributed`).
+    """
+    from dlclassics import distributed
+    from dlclassics.engine import resolve_device
+
+    place = distributed.placement()
+    threads = distributed.use_threads(place.local_world_size if place else 1, args.threads)
     device = resolve_device(config.device)
+    if place is None:
+        return record_run(module, experiment_id, config, args, resume_dir, device, threads)
+    with distributed.process_group(place, device) as device:
+        if place.rank == 0:
+            return record_run(module, experiment_id, config, args, resume_dir, device, threads)
+        with distributed.scratch_run_folder() as (folder, resume):
+            module.run(config, new_run(experiment_id, folder, config, device, args, resume, threads))
+        return None
+
+
+def new_run(experiment_id: str, folder: Path, config: Any, device: Any, args: argparse.Namespace, resume: bool,
+            threads: int) -> Any:
+    from dlclassics import distributed
+    from dlclassics.runs import Run
+
+    return Run(experiment=experiment_id, dir=folder, config=config, device=device, data_dir=args.data_dir,
+               carve_test=args.carve_test, quiet=args.quiet or distributed.rank() > 0, resume=resume,
+               workers=args.workers, storage=args.storage, from_run=args.from_run, threads=threads,
+               world_size=distributed.world_size())
+
+
+def record_run(module: Any, experiment_id: str, config: Any, args: argparse.Namespace, resume_dir: Path | None,
+               device: Any, threads: int) -> Path:
+    """Run the experiment into a new run folder (or `resume_dir`): config.json, metrics, report."""
+    from dlclassics import distributed
+    from dlclassics.runs import atomic_write_json, config_record, finish, new_run_dir, write_report
+
     folder = resume_dir or new_run_dir(args.out, experiment_id)
-    run = Run(experiment=experiment_id, dir=folder, config=config, device=device, data_dir=args.data_dir,
-              carve_test=args.carve_test, quiet=args.quiet, resume=resume_dir is not None,
-              workers=args.workers, storage=args.storage, from_run=args.from_run)
+    distributed.send_run_folder(folder, resume_dir is not None)
+    run = new_run(experiment_id, folder, config, device, args, resume_dir is not None, threads)
     if config.quick:
         run.mark_not_comparable("--quick: a smoke-test size run, not comparable with the source")
     atomic_write_json(folder / "config.json", config_record(run))
@@ -220,10 +283,13 @@ def command_data(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
+        args.argv = list(sys.argv[1:] if argv is None else argv)  # what --nproc hands to each process
         handler = {"list": command_list, "run": command_run, "runs": command_runs, "data": command_data}
         return handler[args.command](args)
     except (UsageError, RunError) as exc:
-        print(f"dlclassics: error: {exc}", file=sys.stderr)
+        rank = os.environ.get("RANK", "0")  # set by torchrun and --nproc; only rank 0 speaks for the group
+        where = f" (rank {rank})" if rank != "0" else ""
+        print(f"dlclassics: error{where}: {exc}", file=sys.stderr)
         return exc.exit_code
     except BrokenPipeError:  # `dlclassics list | head`
         return 0

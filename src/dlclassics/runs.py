@@ -179,6 +179,8 @@ class Run:
     workers: int = 1  # local processes for searches
     storage: str | None = None  # Optuna database URL for searches shared across machines
     from_run: Path | None = None  # an earlier run folder this one builds on
+    threads: int = 1  # torch's intra-op threads in each process
+    world_size: int = 1  # processes training together (DistributedDataParallel)
     notes: list[str] = dataclasses.field(default_factory=list)
     figures: list[tuple[str, str]] = dataclasses.field(default_factory=list)
     sections: list[tuple[str, str]] = dataclasses.field(default_factory=list)
@@ -241,6 +243,7 @@ def config_record(run: Run) -> dict[str, Any]:
     return {"experiment": run.experiment, "config": dataclasses.asdict(run.config), "package_version": __version__,
             "git_commit": git_commit(), "machine": machine(), "device": str(run.device),
             "data_dir": str(run.data_dir) if run.data_dir else None, "carve_test": run.carve_test,
+            "threads": run.threads, "world_size": run.world_size,
             "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(run.started))}
 
 
