@@ -37,20 +37,30 @@ def write_image_dataset(folder: Path, n_train: int = 600, n_test: int = 200, gzi
     return folder
 
 
-@pytest.fixture
-def image_data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A data dir with generated `mnist/` and `fashion-mnist/` folders; checksums are switched off
-    for these two specs (the generated files cannot match the real files' hashes)."""
-    root = tmp_path / "data"
-    for name, spec in list(images.IMAGE_DATASETS.items()):
-        unchecked = dataclasses.replace(spec, files=tuple(dataclasses.replace(f, sha256=None, gz_md5=None)
-                                                          for f in spec.files))
+def unchecked_image_datasets() -> dict[str, images.ImageDatasetSpec]:
+    """The image dataset specs with their checksums switched off (generated files cannot match the real
+    files' hashes)."""
+    return {name: dataclasses.replace(spec, files=tuple(dataclasses.replace(f, sha256=None, gz_md5=None)
+                                                        for f in spec.files))
+            for name, spec in images.IMAGE_DATASETS.items()}
+
+
+def generated_image_data(folder: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A data dir `folder/data` with generated `mnist/` and `fashion-mnist/` folders, whose specs' checksums
+    are off, and no other place where datasets are looked for."""
+    root = folder / "data"
+    for name, unchecked in unchecked_image_datasets().items():
         monkeypatch.setitem(images.IMAGE_DATASETS, name, unchecked)
         write_image_dataset(root / name)
     monkeypatch.setattr(images, "SYSTEM_DIRS", ())
-    monkeypatch.setattr(images, "CACHE_DIR", tmp_path / "cache")
+    monkeypatch.setattr(images, "CACHE_DIR", folder / "cache")
     monkeypatch.delenv("DLCLASSICS_DATA", raising=False)
     return root
+
+
+@pytest.fixture
+def image_data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    return generated_image_data(tmp_path, monkeypatch)
 
 
 def run_quick(experiment: str, data_dir: Path, out: Path, *extra: str) -> Path:

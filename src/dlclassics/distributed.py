@@ -119,7 +119,7 @@ def launch(argv: Sequence[str], nproc: int) -> int:
     package_root = str(Path(__file__).resolve().parents[1])  # the children run this very copy of the package
     path = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)
     common = {"WORLD_SIZE": str(nproc), "LOCAL_WORLD_SIZE": str(nproc), "MASTER_ADDR": "127.0.0.1",
-              "MASTER_PORT": str(_free_port()), "PYTHONPATH": path}
+              "MASTER_PORT": str(free_port()), "PYTHONPATH": path}
     processes = [subprocess.Popen([sys.executable, "-m", "dlclassics", *argv],
                                   env={**os.environ, **common, "RANK": str(r), "LOCAL_RANK": str(r)})
                  for r in range(nproc)]
@@ -129,7 +129,8 @@ def launch(argv: Sequence[str], nproc: int) -> int:
         return _wait(processes, patience=10.0)
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port that is free on this machine now, for the group's rendezvous."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
