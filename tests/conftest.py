@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import itertools
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -61,6 +65,36 @@ def generated_image_data(folder: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 @pytest.fixture
 def image_data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return generated_image_data(tmp_path, monkeypatch)
+
+
+@pytest.fixture
+def image_data_dir_for_processes(image_data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """`image_data_dir`, also for the Python processes a test starts (`--nproc`): a sitecustomize module
+    switches their checksums off as the fixture does in this one."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(
+        f"import sys\nsys.path.insert(0, {str(Path(__file__).parent)!r})\nimport conftest\n"
+        "from dlclassics.data import images\nimages.IMAGE_DATASETS.update(conftest.unchecked_image_datasets())\n")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")])))
+    return image_data_dir
+
+
+@contextlib.contextmanager
+def interrupted_at_evaluation(call: int) -> Iterator[None]:
+    """Within: the `call`-th held-out evaluation raises KeyboardInterrupt, as Ctrl-C during that epoch would."""
+    from dlclassics import engine
+
+    real, calls = engine.evaluate_classifier, itertools.count(1)
+
+    def evaluate(*args, **kwargs):
+        if next(calls) == call:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(engine, "evaluate_classifier", evaluate)
+        yield
 
 
 def run_quick(experiment: str, data_dir: Path, out: Path, *extra: str) -> Path:

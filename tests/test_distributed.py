@@ -12,13 +12,12 @@ import torch
 import torch.multiprocessing as mp
 from torch import nn
 
-from conftest import run_quick
+from conftest import interrupted_at_evaluation, run_quick
 from dlclassics import distributed
 from dlclassics.cli import main
 from dlclassics.engine import fit, flat_parameters, make_optimizer, seed_everything
 
 N, BATCH = 203, 32  # the last batch, 11 rows, splits 6 + 5: the two shards' losses must be weighted to match
-TESTS = Path(__file__).resolve().parent
 
 
 def _problem() -> tuple[torch.Tensor, torch.Tensor]:
@@ -122,23 +121,21 @@ def test_process_options_are_checked(argv, needle, image_data_dir, tmp_path, cap
     assert not (tmp_path / "mnist-mlp").exists()
 
 
-def test_nproc_2_trains_a_classifier_through_the_cli_with_rank_0_alone_writing(image_data_dir, tmp_path,
-                                                                              monkeypatch):
-    # The two processes are new interpreters: a sitecustomize switches off their checksums as the fixture does here.
-    site = tmp_path / "site"
-    site.mkdir()
-    (site / "sitecustomize.py").write_text(
-        f"import sys\nsys.path.insert(0, {str(TESTS)!r})\nimport conftest\n"
-        "from dlclassics.data import images\nimages.IMAGE_DATASETS.update(conftest.unchecked_image_datasets())\n")
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")])))
+def test_nproc_2_resumes_a_classifier_through_the_cli_with_rank_0_alone_writing(image_data_dir_for_processes,
+                                                                               tmp_path, monkeypatch):
+    data = image_data_dir_for_processes
     scratch = tmp_path / "tmp"
     scratch.mkdir()
     monkeypatch.setenv("TMPDIR", str(scratch))  # where rank 1 keeps its copy of the run folder
-    alone = json.loads((run_quick("mnist-mlp", image_data_dir, tmp_path / "one") / "metrics.json").read_text())
-    together = run_quick("mnist-mlp", image_data_dir, tmp_path / "two", "--nproc", "2")
-    record = json.loads((together / "config.json").read_text())
+    alone = json.loads((run_quick("mnist-mlp", data, tmp_path / "one", "--epochs", "3") / "metrics.json").read_text())
+    argv = ["run", "mnist-mlp", "--quick", "--quiet", "--epochs", "3", "--device", "cpu", "--data-dir", str(data),
+            "--out", str(tmp_path / "two")]
+    with interrupted_at_evaluation(3):  # one process, stopped in epoch 3
+        assert main(argv) == 1
+    folder = run_quick("mnist-mlp", data, tmp_path / "two", "--epochs", "3", "--resume", "--nproc", "2")
+    record = json.loads((folder / "config.json").read_text())
     assert record["world_size"] == 2 and record["threads"] == distributed.threads_per_process(2)
-    metrics = json.loads((together / "metrics.json").read_text())
+    metrics = json.loads((folder / "metrics.json").read_text())
     for key in ("train_loss", "test_loss", "test_accuracy"):
         assert metrics[key] == pytest.approx(alone[key], abs=1e-4)
-    assert list(scratch.iterdir()) == []  # rank 1's scratch folder is gone
+    assert list(scratch.iterdir()) == []  # rank 1's copy of the run folder is gone

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import run_quick
+from conftest import interrupted_at_evaluation, run_quick
 from dlclassics.cli import main
 from dlclassics.engine import (fit, flat_parameters, held_out, make_optimizer, seed_everything,
                                weight_decay_groups)
@@ -136,28 +136,15 @@ def test_weight_decay_applies_to_weights_not_biases():
     assert all(torch.equal(a, b) for a, b in zip(biases, plain["params"]))
 
 
-def test_cli_resume_after_interruption_matches_uninterrupted(image_data_dir, tmp_path, monkeypatch):
+def test_cli_resume_after_interruption_matches_uninterrupted(image_data_dir, tmp_path):
     full = run_quick("mnist-mlp", image_data_dir, tmp_path / "full", "--epochs", "3")
     expected = json.loads((full / "metrics.json").read_text())
-
-    import dlclassics.engine as engine
-
-    real = engine.evaluate_classifier
-    calls = {"n": 0}
-
-    def interrupt_in_epoch_three(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(engine, "evaluate_classifier", interrupt_in_epoch_three)  # per-epoch held-out metrics
     argv = ["run", "mnist-mlp", "--quick", "--quiet", "--epochs", "3", "--device", "cpu",
             "--data-dir", str(image_data_dir), "--out", str(tmp_path / "cut")]
-    assert main(argv) == 1
+    with interrupted_at_evaluation(3):
+        assert main(argv) == 1
     (incomplete,) = (tmp_path / "cut" / "mnist-mlp").iterdir()
     assert incomplete.name.endswith(".incomplete") and not (incomplete / "report.md").exists()
-    monkeypatch.setattr(engine, "evaluate_classifier", real)
     assert main(argv + ["--resume"]) == 0
     (done,) = (tmp_path / "cut" / "mnist-mlp").iterdir()
     resumed = json.loads((done / "metrics.json").read_text())

@@ -1,5 +1,6 @@
 """Every registered experiment runs end to end at --quick size on generated data (so none can be added
-without a test), and every experiment that builds on another run (--from-run) runs on its producer's run."""
+without a test), every experiment that builds on another run (--from-run) runs on its producer's run,
+and (marked slow) every experiment runs on two processes (--nproc 2)."""
 
 from __future__ import annotations
 
@@ -63,6 +64,15 @@ def test_every_consumer_runs_on_its_producers_run(experiment: str, producer: str
     folder = quick_run(experiment, producer)
     check_run_folder(folder)
     assert str(quick_run(producer)) in (folder / "report.md").read_text()  # the report names what it built on
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("experiment", list(registry.EXPERIMENTS))
+def test_every_experiment_runs_on_two_processes(experiment: str, image_data_dir_for_processes: Path,
+                                                tmp_path: Path) -> None:
+    folder = run_quick(experiment, image_data_dir_for_processes, tmp_path / "runs", "--nproc", "2")
+    check_run_folder(folder)
+    assert json.loads((folder / "config.json").read_text())["world_size"] == 2
 
 
 def test_producers_name_registered_experiments() -> None:

@@ -12,11 +12,15 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dlclassics import __version__, registry
 from dlclassics.config import describe, load_toml, parse_assignments, resolve
 from dlclassics.errors import RunError, UsageError
+
+if TYPE_CHECKING:  # imported when used: they import torch
+    from dlclassics.distributed import Placement
+    from dlclassics.runs import Run
 
 DEFAULT_RUNS = Path("runs")
 
@@ -131,7 +135,7 @@ def command_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def check_processes(args: argparse.Namespace, place: Any) -> None:
+def check_processes(args: argparse.Namespace, place: Placement | None) -> None:
     """--nproc against torchrun's variables, and against the search options that start processes of their own."""
     if args.nproc < 1:
         raise UsageError(f"--nproc must be at least 1; got {args.nproc}")
@@ -177,13 +181,17 @@ def execute(module: Any, experiment_id: str, config: Any, args: argparse.Namespa
     with distributed.process_group(place, device) as device:
         if place.rank == 0:
             return record_run(module, experiment_id, config, args, resume_dir, device, threads)
-        with distributed.scratch_run_folder() as (folder, resume):
-            module.run(config, new_run(experiment_id, folder, config, device, args, resume, threads))
+        try:
+            with distributed.scratch_run_folder() as (folder, resume):
+                module.run(config, new_run(experiment_id, folder, config, device, args, resume, threads))
+        except KeyboardInterrupt:  # rank 0 says how to resume
+            raise RunError("interrupted") from None
         return None
 
 
 def new_run(experiment_id: str, folder: Path, config: Any, device: Any, args: argparse.Namespace, resume: bool,
-            threads: int) -> Any:
+            threads: int) -> Run:
+    """What the experiment's `run` receives; ranks other than 0 stay quiet."""
     from dlclassics import distributed
     from dlclassics.runs import Run
 

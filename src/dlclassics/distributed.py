@@ -163,6 +163,9 @@ def process_group(place: Placement, device: torch.device) -> Iterator[torch.devi
         raise UsageError("several processes run on CPUs (gloo) or CUDA GPUs (NCCL), not on Apple MPS; "
                          "pass --device cpu")
     if device.type == "cuda":
+        if place.local_rank >= torch.cuda.device_count():
+            raise RunError(f"local rank {place.local_rank} needs GPU {place.local_rank}, but this machine has "
+                           f"{torch.cuda.device_count()}; start at most that many processes per machine")
         device = torch.device("cuda", place.local_rank)
         torch.cuda.set_device(device)
     try:
@@ -174,6 +177,9 @@ def process_group(place: Placement, device: torch.device) -> Iterator[torch.devi
                        f"{os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')}: {first_line}") from None
     try:
         yield device
+    except dist.DistError as exc:  # another process died or was stopped: its own message says why
+        raise RunError(f"rank {place.rank} lost the other processes of the group "
+                       f"({(str(exc).splitlines() or ['no detail'])[0]})") from None
     finally:
         dist.destroy_process_group()
 
