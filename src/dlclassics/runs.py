@@ -179,7 +179,7 @@ class Run:
     workers: int = 1  # local processes for searches
     storage: str | None = None  # Optuna database URL for searches shared across machines
     from_run: Path | None = None  # an earlier run folder this one builds on
-    threads: int = 1  # torch's intra-op threads in each process
+    threads: int = dataclasses.field(default_factory=torch.get_num_threads)  # intra-op threads per process
     world_size: int = 1  # processes training together (DistributedDataParallel)
     notes: list[str] = dataclasses.field(default_factory=list)
     figures: list[tuple[str, str]] = dataclasses.field(default_factory=list)
