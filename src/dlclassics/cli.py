@@ -8,14 +8,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dlclassics import __version__, registry
 from dlclassics.config import describe, load_toml, parse_assignments, resolve
 from dlclassics.data.registry import names as dataset_names
 from dlclassics.errors import RunError, UsageError
+
+if TYPE_CHECKING:  # imported when used: they import torch
+    from dlclassics.distributed import Placement
+    from dlclassics.runs import Run
 
 DEFAULT_RUNS = Path("runs")
 MAX_WORKERS = 64  # local processes; more is a typo, not a machine this runs on
@@ -63,6 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="continue an interrupted run (default: the latest incomplete one)")
     run.add_argument("--workers", type=bounded_int(1, MAX_WORKERS), default=1,
                      help=f"local processes for hyperparameter searches (1 to {MAX_WORKERS})")
+    run.add_argument("--nproc", type=int, default=1, metavar="N",
+                     help="train on N local processes with DistributedDataParallel (under torchrun, leave it out)")
+    run.add_argument("--threads", type=int, metavar="N",
+                     help="torch threads per process (default: the cores divided by the local processes)")
     run.add_argument("--storage", help="Optuna database URL shared by workers on many machines")
     run.add_argument("--study", metavar="NAME",
                      help="join this existing study in --storage (the name another run printed and recorded) "
@@ -146,6 +155,7 @@ def command_list(args: argparse.Namespace) -> int:
 
 
 def command_run(args: argparse.Namespace) -> int:
+    from dlclassics import distributed
     from dlclassics.runs import read_finished_run
 
     module = registry.load(args.experiment)
@@ -156,6 +166,8 @@ def command_run(args: argparse.Namespace) -> int:
         raise UsageError("--study joins a study in a shared database: give its --storage URL too")
     if not 0.0 <= args.carve_test < 1.0:
         raise UsageError(f"--carve-test must be a fraction in [0, 1); got {args.carve_test}")
+    place = distributed.placement()
+    check_processes(args, place)
     if args.dry_run:
         import dataclasses
 
@@ -167,17 +179,53 @@ def command_run(args: argparse.Namespace) -> int:
         if upstream is None:
             raise UsageError(f"'{args.experiment}' does not build on another run; drop --from-run")
         from_run = read_finished_run(args.from_run, upstream.experiments, upstream.files, upstream.metrics)
-    report = execute(module, new_run(module, args, config, from_run))
-    print(report)
+    if args.nproc > 1 and place is None:
+        return distributed.launch(args.argv, args.nproc)
+    report = in_processes(module, args, config, from_run, place)
+    if report is not None:
+        print(report)
     return 0
 
 
-def new_run(module: Any, args: argparse.Namespace, config: Any, from_run: Any) -> Any:
-    """The Run: in a new folder, or in the interrupted one `--resume` names (checked when it starts)."""
-    from dlclassics.engine import resolve_device
-    from dlclassics.runs import Run, latest_incomplete, new_run_dir
+def check_processes(args: argparse.Namespace, place: Any) -> None:
+    """--nproc against torchrun's variables, and against the search options that start processes of their own."""
+    if args.nproc < 1:
+        raise UsageError(f"--nproc must be at least 1; got {args.nproc}")
+    if place is not None and args.nproc not in (1, place.local_world_size):
+        raise UsageError(f"--nproc {args.nproc}, but torchrun started {place.local_world_size} processes on this "
+                         "machine; leave --nproc out under torchrun")
+    if (place.world_size if place else args.nproc) > 1 and (args.workers > 1 or args.storage):
+        raise UsageError("--workers and --storage run search trials in processes of their own; with --nproc or "
+                         "torchrun every trial trains on all the processes instead: leave them out")
 
+
+def in_processes(module: Any, args: argparse.Namespace, config: Any, from_run: Any, place: Any) -> Path | None:
+    """Run the experiment in this process, or as one rank of a process group (--nproc, torchrun): rank 0
+    records the run in its folder; the other ranks run it in a scratch copy of that folder and return None."""
+    from dlclassics import distributed
+    from dlclassics.engine import resolve_device
+
+    threads = distributed.use_threads(place.local_world_size if place else 1, args.threads)
     device = resolve_device(config.device)
+    if place is None:
+        return execute(module, new_run(module, args, config, from_run, device, threads))
+    with distributed.process_group(place, device) as device:
+        if place.rank == 0:
+            run = new_run(module, args, config, from_run, device, threads)
+            distributed.send_run_folder(run.dir, run.resume)
+            return execute(module, run)
+        try:
+            with distributed.scratch_run_folder() as (folder, resume):
+                module.run(config, run_record(module, args, config, from_run, device, threads, folder, resume))
+        except KeyboardInterrupt:  # rank 0 says how to resume
+            raise RunError("interrupted") from None
+        return None
+
+
+def new_run(module: Any, args: argparse.Namespace, config: Any, from_run: Any, device: Any, threads: int) -> Any:
+    """The Run: in a new folder, or in the interrupted one `--resume` names (checked when it starts)."""
+    from dlclassics.runs import latest_incomplete, new_run_dir
+
     if args.resume == "latest":
         folder = latest_incomplete(args.out, args.experiment)
         if folder is None:
@@ -188,13 +236,23 @@ def new_run(module: Any, args: argparse.Namespace, config: Any, from_run: Any) -
             raise UsageError(f"--resume {folder}: no such run folder")
     else:
         folder = new_run_dir(args.out, args.experiment)
-    run = Run(experiment=args.experiment, dir=folder, config=config, device=device, data_dir=args.data_dir,
-              carve_test=args.carve_test, unverified=args.unverified, quiet=args.quiet, resume=bool(args.resume),
-              workers=args.workers, storage=args.storage, from_run=from_run,
-              study=_study(module, args.experiment, folder, args.study, folder if args.resume else None))
+    run = run_record(module, args, config, from_run, device, threads, folder, bool(args.resume))
     if config.quick:
         run.mark_not_comparable("--quick: a smoke-test size run, not comparable with the source")
     return run
+
+
+def run_record(module: Any, args: argparse.Namespace, config: Any, from_run: Any, device: Any, threads: int,
+               folder: Path, resume: bool) -> Any:
+    """What the experiment's `run` receives; ranks other than 0 stay quiet."""
+    from dlclassics import distributed
+    from dlclassics.runs import Run
+
+    return Run(experiment=args.experiment, dir=folder, config=config, device=device, data_dir=args.data_dir,
+               carve_test=args.carve_test, unverified=args.unverified, quiet=args.quiet or distributed.rank() > 0,
+               resume=resume, workers=args.workers, storage=args.storage, from_run=from_run,
+               study=_study(module, args.experiment, folder, args.study, folder if resume else None),
+               threads=threads, world_size=distributed.world_size())
 
 
 def execute(module: Any, run: Any) -> Path:
@@ -299,6 +357,7 @@ def command_data(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
+        args.argv = list(sys.argv[1:] if argv is None else argv)  # what --nproc hands to each process
         handler = {"list": command_list, "run": command_run, "runs": command_runs, "data": command_data}
         return handler[args.command](args)
     except (UsageError, RunError) as exc:
@@ -314,5 +373,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _fail(message: str, code: int) -> int:
-    print(f"dlclassics: error: {message}", file=sys.stderr)
+    rank = os.environ.get("RANK", "0")  # set by torchrun and --nproc; only rank 0 speaks for the group
+    where = f" (rank {rank})" if rank != "0" else ""
+    print(f"dlclassics: error{where}: {message}", file=sys.stderr)
     return code

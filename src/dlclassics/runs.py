@@ -285,6 +285,8 @@ class Run:
     storage: str | None = None  # Optuna database URL for searches shared across machines
     study: str | None = None  # the search's Optuna study (searching experiments only): its own, or one joined
     from_run: FinishedRun | None = None  # an earlier run this one builds on (`--from-run`), checked
+    threads: int = dataclasses.field(default_factory=torch.get_num_threads)  # intra-op threads per process
+    world_size: int = 1  # processes training together (DistributedDataParallel)
     notes: list[str] = dataclasses.field(default_factory=list)
     figures: list[tuple[str, str]] = dataclasses.field(default_factory=list)
     sections: list[tuple[str, str]] = dataclasses.field(default_factory=list)
@@ -364,6 +366,7 @@ def config_record(run: Run) -> dict[str, Any]:
     """config.json: the settings, the code and machine they ran on, and when (the first start is kept)."""
     return {"experiment": run.experiment, "run_id": run.run_id, **settings(run), "package_version": __version__,
             "git_commit": git_commit(), "machine": machine(), "device": str(run.device),
+            "threads": run.threads, "world_size": run.world_size,  # how it ran, not what decides its numbers
             "started": run.parts[0]["started"], "parts": run.parts}
 
 

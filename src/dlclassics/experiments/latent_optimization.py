@@ -110,14 +110,13 @@ def run(cfg: Config, run: Run) -> dict[str, Any]:
         terms = elbo(model.decoder, x, model.mu[index], model.log_sigma[index], continuous)
         return {"loss": -terms["elbo"].mean(), "kl": terms["kl"].mean()}
 
-    def evaluate(model: LatentTable, epoch: int) -> dict[str, float]:
+    def save_snapshot(model: LatentTable, epoch: int, row: dict[str, float]) -> None:
         if epoch in keep:
             atomic_torch_save(run.dir / f"lo_epoch_{epoch}.pt", model.state_dict())
-        return {}
 
     index = torch.arange(len(data["train_x"]), device=run.device)
     result = fit(model, (data["train_x"], index), optimizer=optimizer, epochs=cfg.epochs, batch_size=cfg.batch_size,
-                 generator=generator, step=step, evaluate=evaluate, checkpoint=run.checkpoint_path,
+                 generator=generator, step=step, on_epoch_end=save_snapshot, checkpoint=run.checkpoint_path,
                  resume=run.resume, quiet=run.quiet, desc=run.experiment)
     history = [{**row, **{f"vae_{k}": v for k, v in vae_row.items() if k != "epoch"}}
                for row, vae_row in zip(result.history, vae_history)]

@@ -98,12 +98,14 @@ def train(cfg: Config, run: Run, data: dict[str, Any], generator: torch.Generato
         model.eval()
         x = data["val_x"]
         terms = elbo(model.decoder, x, *model.encoder(x), continuous)
-        if epoch in keep:
-            atomic_torch_save(run.dir / snapshot_file(epoch, prefix), model.state_dict())
         return {"val_loss": -terms["elbo"].mean().item(), "val_kl": terms["kl"].mean().item()}
 
+    def save_snapshot(model: VAE, epoch: int, row: dict[str, float]) -> None:
+        if epoch in keep:
+            atomic_torch_save(run.dir / snapshot_file(epoch, prefix), model.state_dict())
+
     result = fit(model, (data["train_x"],), optimizer=optimizer, epochs=cfg.epochs, batch_size=cfg.batch_size,
-                 generator=generator, step=step, evaluate=evaluate,
+                 generator=generator, step=step, evaluate=evaluate, on_epoch_end=save_snapshot,
                  checkpoint=run.checkpoint_path.with_name(f"{prefix}checkpoint.pt"), resume=run.resume,
                  quiet=run.quiet, desc=f"{run.experiment} {prefix}".strip())
     run.save_model(model, f"{prefix}model.pt")
