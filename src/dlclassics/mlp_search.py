@@ -263,7 +263,8 @@ def save_outputs(cfg: SearchConfig, run: Run, outcome: Outcome, space: SearchSpa
                                                            "test_accuracy": "test accuracy"},
                                  "Accuracy per retraining epoch", "accuracy"), "retrain_accuracy",
                     "Accuracy per retraining epoch", rows=result.history)
-    run.save_figure(plots.scatter_trials(trials, "value", "Search: validation accuracy per trial"), "search",
+    run.save_figure(plots.scatter_trials(trials, "value", "Search: validation accuracy per trial",
+                                         "validation accuracy"), "search",
                     "Validation accuracy of every configuration tried", rows=trials)
 
     final = result.history[-1]
