@@ -241,15 +241,21 @@ def as_cifar_images(data: ImageData) -> ImageData:
                                image_size=SIDE)
 
 
-def load_for_run(run: Any, name: str) -> ImageData:
-    """CIFAR-10 for a run (its source noted), or a grey set as its stand-in, the run then marked not comparable."""
+def load(name: str, data_dir: Path | None = None, carve_test: float = 0.0, unverified: bool = False) -> ImageData:
+    """CIFAR-10, or a grey set as its stand-in in CIFAR's shape (then `comparable` is False, the note says why)."""
     spec = dataset(name)
-    if not isinstance(spec, CifarSpec):
-        data = as_cifar_images(images.load_for_run(run, name))
-        run.mark_not_comparable(f"not comparable: different data ({name} stands in for CIFAR-10, zero-padded to "
-                                "32x32 and repeated to 3 channels)")
-        return data
-    data = spec.load(require_folder(spec, run.data_dir), unverified=run.unverified)
+    if isinstance(spec, CifarSpec):
+        return spec.load(require_folder(spec, data_dir), unverified=unverified)
+    grey = images.load_images(name, data_dir, carve_test, unverified)
+    stand_in = (f"not comparable: different data ({name} stands in for CIFAR-10, zero-padded to 32x32 and "
+                "repeated to 3 channels)")
+    return dataclasses.replace(as_cifar_images(grey), comparable=False,
+                               note="; ".join(filter(None, [stand_in, grey.note])))
+
+
+def load_for_run(run: Any, name: str) -> ImageData:
+    """`load` for a run: the data's source noted, the run marked not comparable when the data is not CIFAR-10's."""
+    data = load(name, run.data_dir, run.carve_test, run.unverified)
     run.note(f"data: {name} from {data.source} ({len(data.train_x):,} train, {len(data.test_x):,} test images)")
     if not data.comparable:
         run.mark_not_comparable(data.note)
