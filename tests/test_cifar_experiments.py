@@ -166,3 +166,16 @@ def test_tuned_cnn_learns_on_the_stand_in(data_dir, tmp_path):
     metrics = _metrics(folder)
     assert metrics["test_accuracy"] > 0.6  # chance is 0.1
     assert metrics["train_images_per_s"] > 0 and metrics["train_gflop_per_image"] > 0
+
+
+def test_convnet_benchmark_quick_run_writes_every_number(tmp_path):
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_convnet.py"
+    spec = importlib.util.spec_from_file_location("bench_convnet", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    results = bench.main(["--quick", "--json", str(tmp_path / "bench.json")])
+    assert json.loads((tmp_path / "bench.json").read_text()) == json.loads(json.dumps(results))
+    for key in ("tuned_images_per_s", "source_engine_images_per_s", "source_loop_images_per_s", "fraction_of_peak"):
+        assert results[key] > 0

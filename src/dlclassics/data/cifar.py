@@ -37,7 +37,7 @@ import numpy as np
 
 from dlclassics.data import images
 from dlclassics.data.images import ImageData
-from dlclassics.data.registry import (Archive, DamagedFile, DataFile, DatasetSpec, UnofficialFile, dataset,
+from dlclassics.data.registry import (CACHE_DIR, Archive, DamagedFile, DataFile, DatasetSpec, UnofficialFile, dataset,
                                       file_path, names, read_verified, register, require_folder)
 from dlclassics.errors import RunError, UsageError
 
@@ -209,7 +209,7 @@ CIFAR10 = register(CifarSpec(
     folder_aliases=(BINARY_DIR, PYTHON_DIR),
     archive=Archive("cifar-10-binary.tar.gz", BINARY_URL, BINARY_SHA256, 170_052_171, member_dir=BINARY_DIR),
     install_hint=(f"run 'dlclassics data fetch cifar10' (needs network), or download {BINARY_URL} (sha256 "
-                  f"{BINARY_SHA256}), put it in ~/.cache/dlclassics/cifar10/ and run that command, or pass "
+                  f"{BINARY_SHA256}), put it in {CACHE_DIR / 'cifar10'} and run that command, or pass "
                   f"--data-dir to the folder holding {BINARY_DIR}/ or {PYTHON_DIR}/; offline, "
                   "--dataset fashion-mnist runs a stand-in"),
 ))

@@ -2,9 +2,11 @@
 they are looked for, how they are verified, reported, fetched and loaded.
 
 A spec is data (a frozen dataclass); one module per file format subclasses `DatasetSpec` with its
-reader and registers its datasets (`data/images.py`: the IDX image sets). Adding a dataset of a
-known format means writing its spec and calling `register`; the CLI's `data status`/`data fetch` and
-every config's dataset choices read this registry.
+reader and registers its datasets (`data/images.py`: the IDX image sets; `data/cifar.py`: CIFAR-10).
+Adding a dataset of a known format means writing its spec and calling `register`; the CLI's `data
+status`/`data fetch` and every config's dataset choices read this registry. A spec may name the one
+archive its files are published in (`archive`: fetched whole, verified before extraction), and a
+format with several official layouts says per folder which one it holds (`files_in`).
 
 Search order (the first folder holding any of the dataset's files wins):
 1. an explicit root: `--data-dir DIR`, else `$DLCLASSICS_DATA`; `ROOT/<name>/` (or an alias) or ROOT

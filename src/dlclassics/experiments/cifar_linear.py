@@ -28,7 +28,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from dlclassics import plots
 from dlclassics.config import BaseConfig, option
 from dlclassics.data.cifar import cifar_datasets, load_for_run
 from dlclassics.data.images import ImageData
@@ -135,6 +134,7 @@ def train_settings(cfg: SweepConfig, run: Run, split: Split,
 def accuracy_figure(trained: list[Trained], title: str) -> Any:
     """Train (solid) and validation (dashed) accuracy per epoch, one colour per setting, as the source drew it."""
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     figure, axes = plt.subplots(figsize=(7.0, 4.4))
     for index, item in enumerate(trained):
@@ -143,7 +143,8 @@ def accuracy_figure(trained: list[Trained], title: str) -> Any:
         axes.plot(epochs, [row["val_accuracy"] for row in item.history], color=f"C{index}", linestyle="--")
     axes.plot([], [], color="grey", label="train (solid)")
     axes.plot([], [], color="grey", linestyle="--", label="validation (dashed)")
-    axes.set(title=title, xlabel="epoch", ylabel="accuracy")
+    axes.set(title=title, xlabel="epoch (0 = before training)", ylabel="accuracy")
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes.grid(alpha=0.3)
     axes.legend(fontsize=8, ncol=2)
     return figure
