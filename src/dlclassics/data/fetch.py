@@ -175,7 +175,7 @@ def verify_archive(path: Path, archive: Archive, shown: str | None = None) -> No
     with open(path, "rb") as handle:
         head = handle.read(64)
         handle.seek(0)
-        digest = hashlib.file_digest(handle, "sha256").hexdigest()  # type: ignore[arg-type]
+        digest = hashlib.file_digest(handle, "sha256").hexdigest()
     size = path.stat().st_size
     if is_html("", head):
         problem = "is an HTML page (a login or error page saved under the archive's name)"
