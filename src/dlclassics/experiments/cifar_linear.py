@@ -141,8 +141,8 @@ def accuracy_figure(trained: list[Trained], title: str) -> Any:
         epochs = [row["epoch"] for row in item.history]
         axes.plot(epochs, [row["train_accuracy"] for row in item.history], color=f"C{index}", label=item.label)
         axes.plot(epochs, [row["val_accuracy"] for row in item.history], color=f"C{index}", linestyle="--")
-    axes.plot([], [], color="grey", label="train (solid)")
-    axes.plot([], [], color="grey", linestyle="--", label="validation (dashed)")
+    axes.plot([], [], color="black", label="train (solid)")
+    axes.plot([], [], color="black", linestyle="--", label="validation (dashed)")
     axes.set(title=title, xlabel="epoch (0 = before training)", ylabel="accuracy")
     axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes.grid(alpha=0.3)
