@@ -21,6 +21,10 @@ EXPERIMENTS: dict[str, str] = {
     "mnist-classifier": "dlclassics.experiments.mnist_classifier",
     "fashion-mlp": "dlclassics.experiments.fashion_mlp",
     "fashion-mlp-enhanced": "dlclassics.experiments.fashion_mlp_enhanced",
+    "cifar-linear": "dlclassics.experiments.cifar_linear",
+    "cifar-mlp": "dlclassics.experiments.cifar_mlp",
+    "cifar-cnn": "dlclassics.experiments.cifar_cnn",
+    "cifar-lenet-search": "dlclassics.experiments.cifar_lenet_search",
     # B. Representation learning and generative models
     "dense-autoencoder": "dlclassics.experiments.dense_autoencoder",
     "vae": "dlclassics.experiments.vae",
