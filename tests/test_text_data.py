@@ -245,3 +245,12 @@ def test_vectorize_filters_by_document_frequency_and_keeps_token_positions():
 def test_an_empty_vocabulary_is_one_clear_error():
     with pytest.raises(RunError, match="vocabulary is empty .* lower min_df"):
         text.vectorize(["apple pie", "banana split"], min_df=2, max_df=1.0)
+
+
+@pytest.mark.skipif(not Path("/usr/share/man/man2/open.2.gz").is_file(), reason="manpages-dev is not installed")
+def test_the_installed_man_pages_are_the_linux_man_pages(monkeypatch):
+    monkeypatch.delenv("DLCLASSICS_DATA", raising=False)
+    corpus = text.load_corpus("manpages-dev")
+    assert corpus.source == "/usr/share/man" and corpus.classes == ("man2", "man3")
+    assert len(corpus.documents) >= 800  # 895 in Debian 12's manpages-dev 6.03 (with its dependency's intro pages)
+    assert not any("\\f" in document or "\n.SH" in document for document in corpus.documents)

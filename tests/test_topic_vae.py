@@ -4,8 +4,11 @@ fixes of the source's bugs, and --quick runs on generated corpora in the officia
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import math
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,6 +25,17 @@ from dlclassics.runs import Run
 from test_text_data import man_tree, news_archive
 
 VOCABULARY = {"a": 0, "b": 1, "c": 2, "d": 3}
+
+
+def _load_benchmark():
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_topic_vae.py"
+    spec = importlib.util.spec_from_file_location("bench_topic_vae", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+BENCH = _load_benchmark()
 
 
 def _presence(documents: list[str]) -> sparse.csc_matrix:
@@ -46,31 +60,12 @@ def test_a_pair_in_every_document_scores_one():
     assert topics.document_npmi(np.array([[0, 1]]), _presence(["a b", "a b c"])) == pytest.approx([1.0])
 
 
-def course_compute_npmi(topics_words: list[list[int]], counts: sparse.spmatrix, n: int = 10) -> float:
-    """A faithful copy of the course helper's pairwise loop (Card et al.'s compute_npmi)."""
-    n_docs = counts.shape[0]
-    means = []
-    for words in topics_words:
-        values = []
-        for i, first in enumerate(words[:n]):
-            for second in words[i + 1:n]:
-                col1 = np.array(counts[:, first].todense() > 0, dtype=int)
-                col2 = np.array(counts[:, second].todense() > 0, dtype=int)
-                c1, c2, c12 = col1.sum(), col2.sum(), np.sum(col1 * col2)
-                if c12 == 0:
-                    values.append(0.0)
-                else:
-                    values.append((np.log10(n_docs) + np.log10(c12) - np.log10(c1) - np.log10(c2))
-                                  / (np.log10(n_docs) - np.log10(c12)))
-        means.append(np.mean(values))
-    return float(np.mean(means))
-
-
 def test_vectorised_document_npmi_equals_the_course_loop():
     rng = np.random.default_rng(0)
     counts = sparse.csc_matrix(rng.poisson(0.08, size=(300, 80)).astype(np.float32))
     top = np.stack([rng.permutation(80)[:10] for _ in range(6)])
-    assert topics.document_npmi(top, counts).mean() == pytest.approx(course_compute_npmi(top.tolist(), counts), abs=1e-9)
+    expected = BENCH.course_compute_npmi(top.tolist(), counts)  # the course helper's pairwise loop
+    assert topics.document_npmi(top, counts).mean() == pytest.approx(expected, abs=1e-9)
 
 
 def test_window_npmi_matches_hand_computed_values():
@@ -270,3 +265,11 @@ def test_bad_corpora_are_one_line_and_leave_no_run(text_data_dir, tmp_path, caps
     assert main(["run", "topic-vae", "--quick", "--quiet", "--out", str(tmp_path / "runs"), *data_dir, *args]) == code
     assert message in _one_line(capsys)
     assert not (tmp_path / "runs" / "topic-vae").exists()
+
+
+def test_benchmark_runs_at_a_small_size(monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["bench", "--documents", "300", "--reference", "200", "--words", "400",
+                                      "--topics", "4"])
+    BENCH.main()
+    out = capsys.readouterr().out
+    assert "tuned  recipe: one epoch" in out and "seed   recipe" in out and "course loop" in out

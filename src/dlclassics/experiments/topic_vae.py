@@ -63,6 +63,7 @@ class Config(BaseConfig):
                         "N(0, I) (the source)", choices=("dirichlet", "normal"))
     alpha: float = option(1.0, "Dirichlet concentration of each topic (prior dirichlet)", low=0.0, low_open=True)
     lr: float = option(2e-3, "Adam learning rate", low=0.0, low_open=True)
+    beta1: float = option(0.9, "Adam's first-moment decay (AVITM's ProdLDA: 0.99)", low=0.0, high=0.999)
     batch_size: int = option(64, "minibatch size", low=1)
     kl_warmup: int = option(1000, "steps over which the KL weight rises linearly from 0 to 1 (0: always 1)", low=0)
     epochs: int = option(200, "at most this many epochs", low=1)
@@ -286,11 +287,13 @@ def held_out_elbo(model: TopicVAE, counts: sparse.csr_matrix, variance: float, s
 
 def train(cfg: Config, run: Run, data: Prepared, generator: torch.Generator) -> tuple[TopicVAE, list[dict]]:
     """Epochs of `engine.fit` until the NPMI of the topics on the training documents has not improved for
-    `patience` epochs; the weights of the best epoch are kept. The held-out documents decide nothing:
+    `patience` epochs after the KL warm-up; the weights of the best epoch are kept. The held-out documents decide nothing:
     their NPMI and loss are only recorded."""
     model = TopicVAE(len(data.vocabulary), cfg.hidden, cfg.topics, cfg.activation, cfg.batch_norm,
                      cfg.dropout).to(run.device)
     optimizer = make_optimizer("adam", model, cfg.lr)
+    for group in optimizer.param_groups:
+        group["betas"] = (cfg.beta1, group["betas"][1])
     variance = prior_variance(cfg)
     step = AnnealedStep(data.train, variance, cfg.kl_warmup, run.device)
     rows = torch.arange(data.train.shape[0])
@@ -308,7 +311,7 @@ def train(cfg: Config, run: Run, data: Prepared, generator: torch.Generator) -> 
                         / data.test.shape[0]})
         if npmi_train > best:
             best, best_state, since_best = npmi_train, copy.deepcopy(model.state_dict()), 0
-        else:
+        elif step.steps >= cfg.kl_warmup:  # patience counts once the objective stopped changing
             since_best += 1
             if since_best >= cfg.patience:
                 break
