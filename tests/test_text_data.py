@@ -206,6 +206,7 @@ def test_man_pages_are_plain_text_labelled_by_section(tmp_path, no_system_data):
     corpus = text.load_corpus("manpages-dev", tmp_path)
     assert len(corpus.documents) == 6  # 3 + 3: no alias, no redirect, no other package's page
     assert corpus.classes == ("man2", "man3") and corpus.labels.tolist() == [0, 0, 0, 1, 1, 1]
+    assert corpus.description.endswith("(release 6.03)")
     page = corpus.documents[1]  # open.2 (sorted: close, open, read)
     assert "opens a file descriptor" in page and "open ()" in page and "NAME" in page
     for markup in ("\\f", ".TH", ".SH", ".PP", "Copyright", "Linux man-pages", '"'):

@@ -68,10 +68,6 @@ class Corpus:
     replaced: int = 0  # documents that were not valid in their encoding (decoded with replacement)
     description: str = ""
 
-    def subset(self, keep: np.ndarray) -> Corpus:
-        return dataclasses.replace(self, documents=[self.documents[i] for i in np.flatnonzero(keep)],
-                                   labels=self.labels[keep], splits=self.splits[keep])
-
 
 @dataclasses.dataclass(frozen=True)
 class RawDocument:
@@ -293,6 +289,11 @@ class ManPagesSpec(TextDatasetSpec):
     """A man section is a folder of pages; its DataFile names one page every copy holds, by which the
     folder is recognised, and reading that "file" reads the whole section."""
 
+    def load(self, folder: Path, unverified: bool = False, **options: Any) -> Corpus:
+        corpus = super().load(folder, unverified, **options)
+        corpus.description += f" (release {man_pages_version(_path(folder, self.files[0]))})"
+        return corpus
+
     def read_file(self, path: Path, entry: DataFile, unverified: bool) -> tuple[list[RawDocument], bytes]:
         documents = read_man_section(Path(path).parent, entry.role)
         if not documents:
@@ -309,7 +310,7 @@ def read_man_section(folder: Path, section: str) -> list[RawDocument]:
         if path.is_symlink() or not page_name.fullmatch(path.name) or not path.is_file():
             continue
         try:
-            with (gzip.open(path) if path.suffix == ".gz" else open(path, "rb")) as handle:
+            with _open_page(path) as handle:
                 data = read_bounded(handle, str(path))
         except (OSError, EOFError, zlib.error) as exc:
             raise DamagedFile(f"{path} cannot be read ({exc}); reinstall the package (apt-get install "
@@ -321,14 +322,18 @@ def read_man_section(folder: Path, section: str) -> list[RawDocument]:
     return documents
 
 
-def man_pages_version(folder: Path) -> str:
-    """The man-pages release a section folder holds (from a title line), for the run's notes."""
-    page = folder / "man2" / "open.2.gz"
+def man_pages_version(page: Path) -> str:
+    """The man-pages release named in a page's title line ("6.03"), for the run's notes."""
     try:
-        match = MAN_TITLE.search(gzip.open(page).read(4096).decode("utf-8", errors="replace"))
+        with _open_page(page) as handle:
+            match = MAN_TITLE.search(handle.read(4096).decode("utf-8", errors="replace"))
     except (OSError, EOFError, zlib.error):
         return "unknown"
     return match[1] if match else "unknown"
+
+
+def _open_page(path: Path) -> Any:
+    return gzip.open(path) if path.suffix == ".gz" else open(path, "rb")
 
 
 MANPAGES = register(ManPagesSpec(

@@ -37,7 +37,7 @@ from torch.nn import functional as F
 
 from dlclassics import plots, topics
 from dlclassics.config import BaseConfig, option
-from dlclassics.data.text import NEWS_PARTS, load_corpus, text_datasets, token_ids, vectorize
+from dlclassics.data.text import NEWS_PARTS, Corpus, load_corpus, text_datasets, token_ids, vectorize
 from dlclassics.engine import fit, make_optimizer, seed_everything
 from dlclassics.errors import RunError
 from dlclassics.runs import Reference, Run, markdown_table
@@ -127,14 +127,7 @@ def prepared_corpus(cfg: Config, run: Run) -> Prepared:
                  "with replacement characters")
     if run.unverified:
         run.mark_not_comparable("data: unverified, not comparable (files not checked against the official checksums)")
-    if (corpus.splits == "test").any():
-        is_test = corpus.splits == "test"
-    else:
-        order = np.random.default_rng(cfg.seed).permutation(len(corpus.documents))
-        is_test = np.zeros(len(order), dtype=bool)
-        is_test[order[: int(round(cfg.held_out * len(order)))]] = True
-        run.note(f"data: no published test split; {is_test.sum():,} documents ({cfg.held_out:.0%}) held out "
-                 f"by seed {cfg.seed} as the reference corpus")
+    is_test = held_out_mask(corpus, cfg, run)
     train_docs = [d for d, test in zip(corpus.documents, is_test) if not test]
     test_docs = [d for d, test in zip(corpus.documents, is_test) if test]
     if cfg.limit:
@@ -150,6 +143,18 @@ def prepared_corpus(cfg: Config, run: Run) -> Prepared:
                     corpus.classes, (ids, offsets), None)
 
 
+def held_out_mask(corpus: Corpus, cfg: Config, run: Run) -> np.ndarray:
+    """[N] bool: the published test split, or a `held_out` fraction drawn by the seed when there is none."""
+    if (corpus.splits == "test").any():
+        return corpus.splits == "test"
+    order = np.random.default_rng(cfg.seed).permutation(len(corpus.documents))
+    is_test = np.zeros(len(order), dtype=bool)
+    is_test[order[: int(round(cfg.held_out * len(order)))]] = True
+    run.note(f"data: no published test split; {is_test.sum():,} documents ({cfg.held_out:.0%}) held out by seed "
+             f"{cfg.seed} as the reference corpus")
+    return is_test
+
+
 def _nonempty(counts: sparse.csr_matrix, which: str, run: Run) -> np.ndarray:
     """Rows with at least one vocabulary word; documents without any are dropped, and said so."""
     keep = np.diff(counts.indptr) > 0
@@ -161,16 +166,16 @@ def _nonempty(counts: sparse.csr_matrix, which: str, run: Run) -> np.ndarray:
 
 
 def synthetic_corpus(cfg: Config, run: Run) -> Prepared:
+    """Documents drawn from LDA with known topics; the first sixth are held out."""
     drawn = topics.lda_corpus(cfg.synthetic_docs, cfg.synthetic_vocabulary, cfg.synthetic_topics,
                               cfg.synthetic_length, cfg.synthetic_alpha, cfg.synthetic_eta, cfg.seed)
     n_test = cfg.synthetic_docs // 6
-    keep = np.diff(drawn.counts.indptr) > 0
     run.note(f"data: synthetic corpus drawn from LDA (seed {cfg.seed}): {cfg.synthetic_docs:,} documents "
              f"({n_test:,} held out), {cfg.synthetic_vocabulary:,} words, {cfg.synthetic_topics} true topics, "
              f"mean length {cfg.synthetic_length:g}, alpha {cfg.synthetic_alpha:g}, eta {cfg.synthetic_eta:g}")
     vocabulary = tuple(f"w{i:04d}" for i in range(cfg.synthetic_vocabulary))
-    return Prepared(vocabulary, drawn.counts[n_test:][keep[n_test:]], drawn.counts[:n_test][keep[:n_test]],
-                    np.full(int(keep[:n_test].sum()), -1), (), None, drawn.topics)
+    return Prepared(vocabulary, drawn.counts[n_test:], drawn.counts[:n_test], np.full(n_test, -1), (), None,
+                    drawn.topics)
 
 
 def dense_rows(counts: sparse.csr_matrix, rows: torch.Tensor, device: torch.device) -> torch.Tensor:
