@@ -52,7 +52,8 @@ def random_counts(documents: int, words: int, per_document: int, seed: int) -> s
     popularity = 1.0 / np.arange(1, words + 1)
     columns = rng.choice(words, size=(documents, per_document), p=popularity / popularity.sum())
     rows = np.repeat(np.arange(documents), per_document)
-    counts = sparse.csr_matrix((np.ones(rows.size, dtype=np.float32), (rows, columns.ravel())), shape=(documents, words))
+    counts = sparse.csr_matrix((np.ones(rows.size, dtype=np.float32), (rows, columns.ravel())),
+                               shape=(documents, words))
     counts.sum_duplicates()
     return counts
 

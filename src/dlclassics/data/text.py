@@ -184,7 +184,8 @@ class NewsgroupsSpec(TextDatasetSpec):
         strip = tuple(strip)
         unknown = set(strip) - set(NEWS_PARTS)
         if unknown:
-            raise UsageError(f"cannot strip {', '.join(sorted(unknown))} from posts; choose among {', '.join(NEWS_PARTS)}")
+            raise UsageError(f"cannot strip {', '.join(sorted(unknown))} from posts; "
+                             f"choose among {', '.join(NEWS_PARTS)}")
         return [strip_post(document, strip) for document in documents]
 
 

@@ -275,8 +275,8 @@ class AnnealedStep:
 @torch.no_grad()
 def held_out_elbo(model: TopicVAE, counts: sparse.csr_matrix, variance: float, seed: int,
                   device: torch.device, batch_size: int = 2048) -> float:
-    """Sum over documents of the negative ELBO (eval mode, one sample with fixed noise): an upper bound
-    on -log p(documents), so exp(it / words) bounds the perplexity."""
+    """Sum over documents of the negative ELBO (eval mode, one sample of fixed noise): an estimate of an
+    upper bound on -log p(documents), so exp(it / words) estimates a bound on the perplexity."""
     model.eval()
     generator = torch.Generator().manual_seed(seed)
     total = 0.0
@@ -292,8 +292,8 @@ def held_out_elbo(model: TopicVAE, counts: sparse.csr_matrix, variance: float, s
 
 def train(cfg: Config, run: Run, data: Prepared, generator: torch.Generator) -> tuple[TopicVAE, list[dict]]:
     """Epochs of `engine.fit` until the NPMI of the topics on the training documents has not improved for
-    `patience` epochs after the KL warm-up; the weights of the best epoch are kept. The held-out documents decide nothing:
-    their NPMI and loss are only recorded."""
+    `patience` epochs after the KL warm-up; the weights of the best epoch are kept. The held-out documents
+    decide nothing: their NPMI and loss are only recorded."""
     model = TopicVAE(len(data.vocabulary), cfg.hidden, cfg.topics, cfg.activation, cfg.batch_norm,
                      cfg.dropout).to(run.device)
     optimizer = make_optimizer("adam", model, cfg.lr)
