@@ -30,6 +30,7 @@ EXPERIMENTS: dict[str, str] = {
     "vae": "dlclassics.experiments.vae",
     "latent-optimization": "dlclassics.experiments.latent_optimization",
     "vae-loglik": "dlclassics.experiments.vae_loglik",
+    "topic-vae": "dlclassics.experiments.topic_vae",
     # C. Optimisation and initialisation
     "least-squares": "dlclassics.experiments.least_squares",
     "optimizers-noisy": "dlclassics.experiments.optimizers_noisy",

@@ -34,7 +34,7 @@ from dlclassics.errors import RunError, UsageError
 CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "dlclassics"
 SYSTEM_DIRS: tuple[Path, ...] = (Path("/usr/share/datasets"),)
 # The modules that declare datasets, imported on first use of the registry (one per file format).
-FORMAT_MODULES = ("dlclassics.data.images", "dlclassics.data.cifar")
+FORMAT_MODULES = ("dlclassics.data.images", "dlclassics.data.cifar", "dlclassics.data.text")
 DATASETS: dict[str, DatasetSpec] = {}
 
 
@@ -79,6 +79,7 @@ class DatasetSpec:
     files: tuple[DataFile, ...]
     mirrors: tuple[str, ...] = ()  # base URLs holding `<file name>.gz`
     folder_aliases: tuple[str, ...] = ()  # other folder names it is found under (e.g. mnist-t10k)
+    system_folders: tuple[str, ...] = ()  # where a system package installs it (e.g. /usr/share/man)
     install_hint: str = ""
     archive: Archive | None = None  # when the files are published inside one archive (fetched by `data fetch`)
 
@@ -144,7 +145,8 @@ def candidate_dirs(spec: DatasetSpec, data_dir: Path | None) -> list[Path]:
     if explicit is not None:
         root = explicit[0]
         return [root / folder for folder in spec.folder_names()] + [root]
-    return [CACHE_DIR / spec.name] + [system / folder for system in SYSTEM_DIRS for folder in spec.folder_names()]
+    return ([CACHE_DIR / spec.name] + [system / folder for system in SYSTEM_DIRS for folder in spec.folder_names()]
+            + [Path(folder) for folder in spec.system_folders])
 
 
 def file_path(folder: Path, entry: DataFile) -> Path | None:
