@@ -1,4 +1,4 @@
-"""The `dlclassics` command: list | run | runs | data.
+"""The `dlclassics` command: list | run | runs | report | data.
 
 User errors (UsageError, exit 2; RunError, exit 1) are printed as one line without a traceback.
 """
@@ -66,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--from-run", type=Path, help="an earlier run folder this experiment builds on")
     run.add_argument("--dry-run", action="store_true", help="print the resolved config and stop")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
+    run.add_argument("--no-site", action="store_true", help="do not refresh the results site (OUT/site) at the end")
 
     runs = commands.add_parser("runs", help="recent finished runs with their key metrics")
     runs.add_argument("experiment", nargs="?", help="only this experiment's runs")
@@ -73,6 +74,11 @@ def build_parser() -> argparse.ArgumentParser:
     runs.add_argument("--limit", type=int, default=20, help="at most this many runs (default: 20)")
     runs.add_argument("--markdown", action="store_true",
                       help="the latest run of each experiment as README results-table rows")
+
+    report = commands.add_parser("report", help="build the results site: static HTML pages over all runs")
+    report.add_argument("--runs", type=Path, default=DEFAULT_RUNS, help="root folder of run folders (default: runs)")
+    report.add_argument("--out", type=Path, help="the site's folder (default: RUNS/site)")
+    report.add_argument("--open", action="store_true", help="open the site in the web browser")
 
     data = commands.add_parser("data", help="dataset status and download")
     data_commands = data.add_subparsers(dest="data_command", required=True, parser_class=_Parser)
@@ -151,6 +157,10 @@ def command_run(args: argparse.Namespace) -> int:
             raise UsageError(f"--resume: {resume_dir} is not a run folder")
     report = execute(module, args.experiment, config, args, resume_dir)
     print(report)
+    if not args.no_site:
+        from dlclassics import site
+
+        print(site.refresh(args.out))
     return 0
 
 
@@ -234,6 +244,16 @@ def results_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def command_report(args: argparse.Namespace) -> int:
+    from dlclassics import site
+
+    index = site.build(args.runs, args.out)
+    print(index)
+    if args.open:
+        site.open_in_browser(index)
+    return 0
+
+
 def command_data(args: argparse.Namespace) -> int:
     from dlclassics.data import registry
 
@@ -256,7 +276,8 @@ def command_data(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
-        handler = {"list": command_list, "run": command_run, "runs": command_runs, "data": command_data}
+        handler = {"list": command_list, "run": command_run, "runs": command_runs, "report": command_report,
+                   "data": command_data}
         return handler[args.command](args)
     except (UsageError, RunError) as exc:
         print(f"dlclassics: error: {exc}", file=sys.stderr)

@@ -258,6 +258,9 @@ def write_report(run: Run, title: str, metrics: Mapping[str, Any], references: I
     dataset = getattr(run.config, "dataset", None)
     rows = reference_rows(references, metrics, dataset, run.comparable)
     atomic_write_json(run.dir / "references.json", rows)  # the verdicts, for `dlclassics runs --markdown`
+    atomic_write_json(run.dir / "report.json", {  # what only the report holds, for the site (`dlclassics report`)
+        "notes": run.notes, "sections": [{"title": t, "markdown": m} for t, m in run.sections],
+        "figures": [{"path": path, "caption": caption} for path, caption in run.figures]})
     lines = [f"# {run.experiment}: {title}", "",
              f"Wall time {metrics.get('wall_time_s', 0):.1f} s on {machine_summary()} (device {run.device}); "
              f"dlclassics {__version__}, commit {git_commit()}.", ""]
