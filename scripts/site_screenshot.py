@@ -10,6 +10,7 @@ Needs Debian's `chromium` and `chromium-driver` and the `selenium` package (the 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import io
 import shutil
 import sys
@@ -26,9 +27,7 @@ MAX_BYTES = 300_000
 
 def missing_browser() -> str | None:
     """Why the browser cannot be started here (for a skip message), or None when it can."""
-    try:
-        import selenium  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("selenium") is None:
         return "selenium is not installed (pip install -e '.[test]')"
     if not (shutil.which(CHROMIUM) and shutil.which(CHROMEDRIVER)):
         return "Debian's chromium and chromium-driver are not installed (apt-get install chromium chromium-driver)"

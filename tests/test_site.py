@@ -38,8 +38,8 @@ def fake_run(root: Path, name: str, experiment: str = "mnist-mlp", config: dict 
         atomic_write_json(folder / "metrics.json", metrics or {"test_accuracy": 0.9, "wall_time_s": 3.0})
         atomic_write_json(folder / "references.json", [
             {"what": "test accuracy", "metric": "test_accuracy", "source": 0.97, "ours": 0.9, "verdict": "not met"}])
-        atomic_write_json(folder / "report.json", report or {
-            "notes": ["a note"], "sections": [], "figures": [{"path": "figures/loss.png", "caption": "Loss per epoch"}]})
+        atomic_write_json(folder / "report.json", report or {"notes": ["a note"], "sections": [], "figures": [
+            {"path": "figures/loss.png", "caption": "Loss per epoch"}]})
     return folder
 
 
@@ -51,7 +51,8 @@ def test_hostile_values_are_shown_as_text_never_as_markup(tmp_path):
     runs = tmp_path / "runs"
     folder = fake_run(runs, "20260101-000001-aaaaaa", config={"dataset": HOSTILE},
                       metrics={HOSTILE: 1.0, "test_accuracy": 0.9},
-                      report={"notes": [HOSTILE], "sections": [{"title": HOSTILE, "markdown": f"| a |\n|---|\n| {HOSTILE} |"}],
+                      report={"notes": [HOSTILE],
+                              "sections": [{"title": HOSTILE, "markdown": f"| a |\n|---|\n| {HOSTILE} |"}],
                               "figures": [{"path": "figures/loss.png", "caption": f'x" onerror="{HOSTILE}'}]})
     index = site.build(runs)
     escaped = "&lt;script&gt;window.pwned = 1&lt;/script&gt;"

@@ -99,7 +99,7 @@ class RunInfo:
     @property
     def key_metric(self) -> tuple[str, float] | None:
         """The metric the source reported first (references.json), else the first test/val/best metric."""
-        names = [ref.get("metric") for ref in self.references]
+        names = [str(ref.get("metric")) for ref in self.references]
         names += [name for name in self.numbers if name.startswith(("test_", "val_", "best_"))]
         for name in names:
             if is_number(self.numbers.get(name)):
@@ -129,7 +129,8 @@ def read_run(experiment: str, folder: Path, previous: Mapping[str, Any]) -> RunI
     run = RunInfo(experiment, folder, record, read_json(folder / "metrics.json", dict), references,
                   read_json(folder / "report.json", dict) or {}, run_signature(folder))
     known = previous.get(run.key)
-    run.unchanged = isinstance(known, dict) and known.get("signature") == run.signature
+    run.unchanged = (isinstance(known, dict) and known.get("signature") == run.signature
+                     and isinstance(known.get("recipe"), str))
     run.recipe = known["recipe"] if run.unchanged else recipe_of(experiment, run.config)
     return run
 
@@ -308,8 +309,7 @@ def build(runs_root: Path, out: Path | None = None) -> Path:
         raise UsageError(f"--out {out} exists and is not a dlclassics site; it would be replaced: pass a new folder")
     out.parent.mkdir(parents=True, exist_ok=True)
     with _locked(out):
-        manifest = read_json(out / MANIFEST, dict) or {}
-        previous = manifest.get("runs", {}) if manifest.get("fingerprint") == code_fingerprint() else {}
+        previous = reusable_entries(out)
         runs = sorted((read_run(experiment, folder, previous) for experiment, folder in run_folders(runs_root, out)),
                       key=lambda run: (run.started, run.name), reverse=True)
         staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.new-"))
@@ -321,6 +321,14 @@ def build(runs_root: Path, out: Path | None = None) -> Path:
             shutil.rmtree(staging, ignore_errors=True)
             raise
     return out / "index.html"
+
+
+def reusable_entries(out: Path) -> dict[str, Any]:
+    """The previous build's manifest entries (run key -> signature and recipe), when that build was made by
+    this same code and templates; otherwise nothing is reused."""
+    manifest = read_json(out / MANIFEST, dict) or {}
+    entries = manifest.get("runs")
+    return entries if manifest.get("fingerprint") == code_fingerprint() and isinstance(entries, dict) else {}
 
 
 def refresh(runs_root: Path) -> str:
@@ -410,8 +418,7 @@ def experiment_context(experiment: str, runs: Sequence[RunInfo]) -> dict[str, An
                                       if not isinstance(value, (dict, list))))
     finished = [run for run in runs if run.status == "finished" and run.key_metric]
     key_name = finished[0].key_metric[0] if finished else None
-    over_runs = [run for run in reversed(finished) if run.numbers.get(key_name) is not None and
-                 is_number(run.numbers[key_name])]
+    over_runs = [run for run in reversed(finished) if is_number(run.numbers.get(key_name))]
     key_chart = chart(key_name, list(range(1, len(over_runs) + 1)), [run.numbers[key_name] for run in over_runs],
                       "run", [f"{run.name} ({run.recipe})" for run in over_runs]) if key_name else None
     return {"experiment": experiment, "title": title_of(experiment), "runs": runs, "compared": compared,
