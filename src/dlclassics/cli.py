@@ -75,9 +75,12 @@ def build_parser() -> argparse.ArgumentParser:
     runs.add_argument("--markdown", action="store_true",
                       help="the latest run of each experiment as README results-table rows")
 
-    report = commands.add_parser("report", help="build the results site: static HTML pages over all runs")
-    report.add_argument("--runs", type=Path, default=DEFAULT_RUNS, help="root folder of run folders (default: runs)")
-    report.add_argument("--out", type=Path, help="the site's folder (default: RUNS/site)")
+    report = commands.add_parser("report", help="build the results site: static HTML pages over all runs",
+                                 description="Build a static site over every run (index, one page per run and "
+                                             "per experiment); it works from file://. Every run refreshes it.")
+    report.add_argument("--runs", type=Path, default=DEFAULT_RUNS, metavar="DIR",
+                        help="root folder of run folders (default: runs)")
+    report.add_argument("--out", type=Path, metavar="DIR", help="the site's folder (default: site/ in the --runs folder)")
     report.add_argument("--open", action="store_true", help="open the site in the web browser")
 
     data = commands.add_parser("data", help="dataset status and download")
