@@ -80,7 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
                                              "per experiment); it works from file://. Every run refreshes it.")
     report.add_argument("--runs", type=Path, default=DEFAULT_RUNS, metavar="DIR",
                         help="root folder of run folders (default: runs)")
-    report.add_argument("--out", type=Path, metavar="DIR", help="the site's folder (default: site/ in the --runs folder)")
+    report.add_argument("--out", type=Path, metavar="DIR",
+                        help="the site's folder (default: site/ in the --runs folder)")
     report.add_argument("--open", action="store_true", help="open the site in the web browser")
 
     data = commands.add_parser("data", help="dataset status and download")
