@@ -257,7 +257,8 @@ def chart(title: str, xs: Sequence[float], ys: Sequence[float], x_name: str,
     coordinates = [(_scale(x, x_low, x_high, CHART_WIDTH), CHART_HEIGHT - _scale(y, y_low, y_high, CHART_HEIGHT),
                     f"{label}: {format_number(y)}") for x, y, label in points]
     return {"title": title, "x_name": x_name, "points": coordinates, "low": y_low, "high": y_high,
-            "first": x_low, "last": x_high, "polyline": " ".join(f"{x},{y}" for x, y, _ in coordinates)}
+            "first": x_low, "last": x_high, "polyline": " ".join(f"{x},{y}" for x, y, _ in coordinates),
+            "width": CHART_WIDTH, "height": CHART_HEIGHT}
 
 
 def _scale(value: float, low: float, high: float, size: int) -> float:
