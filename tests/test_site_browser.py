@@ -46,7 +46,7 @@ def index(tmp_path_factory: pytest.TempPathFactory) -> Path:
     atomic_write_json(hostile / "config.json", {**record, "config": {**record["config"], "solver": HOSTILE}})
     report = site.read_json(hostile / "report.json", dict)
     atomic_write_json(hostile / "report.json", {**report, "notes": [HOSTILE]})
-    incomplete = shutil.copytree(tuned, tuned.with_name(tuned.name + "-2.incomplete"))
+    incomplete = shutil.copytree(tuned, tuned.with_name(tuned.name[:-6] + "c0ffee.incomplete"))
     (incomplete / "metrics.json").unlink()
     return site.build(runs)
 
@@ -99,7 +99,7 @@ def sort_values(browser, column: int) -> list[str]:
 
 def test_sorting_reorders_the_rows(browser, index):
     visit(browser, index.as_uri())
-    newest_first = [row[1] for row in visible_rows(browser)]
+    newest_first = [row[0] for row in visible_rows(browser)]
     wall_time = browser.find_element("xpath", "//th/button[text()='wall time']")
     wall_time.click()
     ascending = sort_values(browser, 9)
@@ -109,8 +109,11 @@ def test_sorting_reorders_the_rows(browser, index):
     assert seconds == sorted(seconds) and len(set(seconds)) > 1
     assert [float(value) for value in descending if value] == sorted(seconds, reverse=True)
     assert ascending[-1] == descending[-1] == ""  # the incomplete run has no wall time: last either way
-    browser.find_element("xpath", "//th/button[text()='run']").click()
-    assert [row[1] for row in visible_rows(browser)] == sorted(newest_first) != newest_first
+    experiment = browser.find_element("xpath", "//th/button[text()='experiment']")
+    experiment.click()
+    experiment.click()
+    by_experiment = [row[0] for row in visible_rows(browser)]
+    assert by_experiment == sorted(newest_first, reverse=True) != newest_first
 
 
 def test_filtering_shows_one_experiments_rows(browser, index):
@@ -128,9 +131,8 @@ def test_filtering_shows_one_experiments_rows(browser, index):
 
 def test_incomplete_run_is_marked_and_hostile_values_are_text(browser, index):
     visit(browser, index.as_uri())
-    statuses = {row[1]: row[2] for row in visible_rows(browser)}
-    assert sorted(statuses.values()) == ["finished"] * 4 + ["incomplete"]
-    assert statuses[next(name for name in statuses if name.endswith(".incomplete"))] == "incomplete"
+    statuses = {row[1]: row[2] for row in visible_rows(browser)}  # short run id -> status
+    assert statuses.pop("c0ffee") == "incomplete" and set(statuses.values()) == {"finished"}
     visit(browser, (index.parent / "runs" / "least-squares" / "20000101-000000-0badc0" / "index.html").as_uri())
     assert browser.execute_script("return window.pwned") is None
     body = browser.find_element("tag name", "body").text

@@ -36,6 +36,7 @@ from typing import Any
 from urllib.parse import quote
 
 import jinja2
+from markupsafe import Markup, escape
 
 from dlclassics import __version__, registry
 from dlclassics.errors import UsageError
@@ -69,6 +70,11 @@ class RunInfo:
     @property
     def name(self) -> str:
         return self.folder.name
+
+    @property
+    def short_id(self) -> str:
+        """The folder name's random part (`<date>-<time>-<id>`): the index shows the date in its own column."""
+        return self.name.removesuffix(INCOMPLETE).rsplit("-", 1)[-1]
 
     @property
     def key(self) -> str:
@@ -480,7 +486,7 @@ def environment() -> jinja2.Environment:
     env = jinja2.Environment(loader=jinja2.PackageLoader("dlclassics", "templates"), autoescape=True,
                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
     env.filters.update(number=format_number, href=lambda path: quote(str(path)), duration=duration,
-                       verdict_kind=verdict_kind, shown=shown, short_commit=short_commit,
+                       verdict_kind=verdict_kind, shown=shown, short_commit=short_commit, breakable=breakable,
                        when=lambda started: str(started).replace("T", " ")[:16])
     return env
 
@@ -504,6 +510,11 @@ def duration(seconds: float | None) -> str:
     if seconds < 90:
         return f"{seconds:.1f} s"
     return f"{seconds / 60:.1f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
+
+
+def breakable(name: Any) -> Markup:
+    """A metric name that may wrap after its underscores (`test_accuracy` -> `test_<wbr>accuracy`), escaped."""
+    return Markup("_<wbr>").join(escape(part) for part in str(name).split("_"))
 
 
 def shown(value: Any) -> str:
