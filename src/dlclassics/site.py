@@ -392,8 +392,8 @@ def write_site(runs: Sequence[RunInfo], runs_root: Path, staging: Path, previous
     experiments = [{"id": experiment, "title": title_of(experiment), "runs": len(its_runs)}
                    for experiment, its_runs in sorted(by_experiment.items())]
     _render(env, "index.html", staging / "index.html", root="", runs=runs, experiments=experiments, **common)
+    (staging / "assets").mkdir()
     for asset in ASSETS:
-        (staging / "assets").mkdir(exist_ok=True)
         (staging / "assets" / asset).write_bytes(template_file(asset).read_bytes())
     manifest = {"fingerprint": code_fingerprint(),
                 "runs": {run.key: {"signature": run.signature, "recipe": run.recipe} for run in runs}}
