@@ -3,7 +3,9 @@
 Ours (`vae_loglik.estimate`: images and samples batched, one log-sum-exp, the Bernoulli shortcut)
 against two re-implementations of coursework style, measured in the same process on a few images and
 extrapolated linearly: (a) the source's style, a Python loop over images and over the K samples with
-torch.distributions; (b) a loop over images with the K samples of each image in one batch.
+torch.distributions; (b) a loop over images with the K samples of each image in one batch. The last
+line times what `vae-loglik` adds per table for its Monte Carlo errors (`replicate_stderr`: the
+default replicates of the default number of images, at the same K), apart from the main estimate.
 Timing does not depend on the weights, so an untrained VAE of the default shape is used unless
 `--from-run VAE_RUN` is given; the inputs are uniform noise (correctness is tested in
 tests/test_vae_family.py, against the direct formula and probabilistic PCA). Timings on a shared
@@ -23,7 +25,7 @@ import torch
 from torch.distributions import Bernoulli, Normal
 
 from dlclassics.experiments import vae
-from dlclassics.experiments.vae_loglik import Config, estimate
+from dlclassics.experiments.vae_loglik import Config, estimate, replicate_stderr
 from dlclassics.models.vae import VAE
 
 
@@ -84,7 +86,7 @@ def main() -> None:
     print(f"VAE latent {cfg.latent}, hidden {cfg.hidden}; K = {args.samples}; {torch.get_num_threads()} threads")
 
     estimate(model, x[:20], (20,), settings, False, torch.Generator())  # warm-up: thread pool, allocator
-    ours_s, _ = timed(estimate, model, x, settings.samples, settings, False, torch.Generator().manual_seed(0))
+    ours_s, reported = timed(estimate, model, x, settings.samples, settings, False, torch.Generator().manual_seed(0))
     target = ours_s * 1e7 / (args.images * args.samples)  # linear in images x samples
     print(f"ours (batched)          {ours_s:8.1f} s for {args.images:,} images; K = 1000 on 10,000 images: "
           f"{target:.1f} s ({'meets' if target < 120 else 'misses'} the 2-minute target)")
@@ -94,6 +96,10 @@ def main() -> None:
         projected = seconds / count * args.images
         print(f"{name:<23} {projected:8.1f} s projected ({seconds:.1f} s on {count} images): "
               f"ours is {projected / ours_s:6.1f}x faster")
+    errors_s, _ = timed(replicate_stderr, model, x, settings.samples, settings, False, reported,
+                        torch.Generator().manual_seed(1))
+    print(f"Monte Carlo errors      {errors_s:8.1f} s: {settings.replicates - 1} more estimates of "
+          f"{settings.error_images} images ({errors_s / ours_s:.0%} of the {args.images:,}-image estimate)")
 
 
 if __name__ == "__main__":

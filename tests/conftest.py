@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import itertools
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -37,21 +41,60 @@ def write_image_dataset(folder: Path, n_train: int = 600, n_test: int = 200, gzi
     return folder
 
 
-@pytest.fixture
-def image_data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A data dir with generated `mnist/` and `fashion-mnist/` folders; checksums and official sizes are
-    switched off for these two specs (the generated files cannot match the real files)."""
-    root = tmp_path / "data"
-    for name in ("mnist", "fashion-mnist"):
-        spec = registry.dataset(name)
-        unchecked = dataclasses.replace(spec, files=tuple(dataclasses.replace(f, sha256=None, shape=None)
-                                                          for f in spec.files))
+def unchecked_image_datasets() -> dict[str, registry.DatasetSpec]:
+    """MNIST and Fashion-MNIST with their checksums and official sizes switched off (generated files cannot
+    match the real files)."""
+    return {name: dataclasses.replace(spec, files=tuple(dataclasses.replace(f, sha256=None, shape=None)
+                                                        for f in spec.files))
+            for name, spec in ((name, registry.dataset(name)) for name in ("mnist", "fashion-mnist"))}
+
+
+def generated_image_data(folder: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A data dir `folder/data` with generated `mnist/` and `fashion-mnist/` folders, whose specs' checksums
+    are off, and no other place where datasets are looked for."""
+    root = folder / "data"
+    for name, unchecked in unchecked_image_datasets().items():
         monkeypatch.setitem(registry.DATASETS, name, unchecked)
         write_image_dataset(root / name)
     monkeypatch.setattr(registry, "SYSTEM_DIRS", ())
-    monkeypatch.setattr(registry, "CACHE_DIR", tmp_path / "cache")
+    monkeypatch.setattr(registry, "CACHE_DIR", folder / "cache")
     monkeypatch.delenv("DLCLASSICS_DATA", raising=False)
     return root
+
+
+@pytest.fixture
+def image_data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    return generated_image_data(tmp_path, monkeypatch)
+
+
+@pytest.fixture
+def image_data_dir_for_processes(image_data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """`image_data_dir`, also for the Python processes a test starts (`--nproc`): a sitecustomize module
+    switches their checksums off as the fixture does in this one."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(
+        f"import sys\nsys.path.insert(0, {str(Path(__file__).parent)!r})\nimport conftest\n"
+        "from dlclassics.data import registry\nregistry.DATASETS.update(conftest.unchecked_image_datasets())\n")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")])))
+    return image_data_dir
+
+
+@contextlib.contextmanager
+def interrupted_at_evaluation(call: int) -> Iterator[None]:
+    """Within: the `call`-th held-out evaluation raises KeyboardInterrupt, as Ctrl-C during that epoch would."""
+    from dlclassics import engine
+
+    real, calls = engine.evaluate_classifier, itertools.count(1)
+
+    def evaluate(*args, **kwargs):
+        if next(calls) == call:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(engine, "evaluate_classifier", evaluate)
+        yield
 
 
 def run_quick(experiment: str, data_dir: Path, out: Path, *extra: str) -> Path:
@@ -63,3 +106,24 @@ def run_quick(experiment: str, data_dir: Path, out: Path, *extra: str) -> Path:
     assert (folder / "report.md").is_file() and (folder / "metrics.json").is_file()
     assert (folder / "config.json").is_file()
     return folder
+
+
+@pytest.fixture
+def toy(monkeypatch: pytest.MonkeyPatch):
+    """The test-only experiment `toy` (tests/run_toy.py) registered, with its hooks reset."""
+    import run_toy
+    from dlclassics import registry
+
+    monkeypatch.setitem(registry.EXPERIMENTS, "toy", "run_toy")
+    monkeypatch.setattr(run_toy, "INTERRUPT_AT", None)
+    monkeypatch.setattr(run_toy, "FAIL", None)
+    monkeypatch.setattr(run_toy, "EXTRA_METRICS", {})
+    return run_toy
+
+
+def file_digests(folder: Path) -> dict[str, str]:
+    """Every file under `folder` with the sha256 of its bytes: to show that a command changed nothing."""
+    import hashlib
+
+    return {str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest()
+            for path in sorted(folder.rglob("*")) if path.is_file()}

@@ -1,14 +1,43 @@
-"""A cheap objective for the sweep tests, importable by spawned worker processes."""
+"""A cheap objective for the sweep tests, which spawned worker processes rebuild from `make_objective`.
+
+`payload`: `sleep` (seconds per trial), `die_at` (a slot whose first try kills its process, as
+`kill -9` would) and `marker` (the file that says the kill happened). Run as a script, it searches
+until interrupted (the Ctrl-C test).
+"""
 
 import os
+import signal
+import sys
 import time
+from pathlib import Path
+
+from dlclassics import sweep
 
 
 def make_objective(payload):
     def objective(trial):
         x = trial.suggest_float("x", -5.0, 5.0)
         trial.set_user_attr("pid", os.getpid())
+        if sweep.trial_index(trial) == payload.get("die_at") and not Path(payload["marker"]).exists():
+            Path(payload["marker"]).touch()
+            os.kill(os.getpid(), signal.SIGKILL)
         time.sleep(payload.get("sleep", 0.02))
         return -(x - 1.0) ** 2
 
     return objective
+
+
+def search(folder, n_trials, workers, payload, quiet=False):
+    """The toy search the tests run: `n_trials` slots of a journal study in `folder`."""
+    return sweep.optimize(make_objective(payload), sweep.Search(n_trials, {"toy": 1}),
+                          sweep.StudyPlace("toy", Path(folder)), workers=workers,
+                          worker_objective=sweep.WorkerObjective(make_objective, payload), quiet=quiet)
+
+
+if __name__ == "__main__":  # python sweep_toy.py FOLDER TRIALS WORKERS SLEEP
+    folder, n_trials, workers, sleep = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+    try:
+        search(folder, n_trials, workers, {"sleep": sleep})
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)

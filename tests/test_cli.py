@@ -18,7 +18,7 @@ def _error_line(capsys):
 
 @pytest.mark.parametrize("argv, needle", [
     (["run", "nope"], "unknown experiment 'nope'"),
-    (["run", "fashion-mlp", "--set", "lr=-1"], "unknown option 'lr'"),
+    (["run", "fashion-mlp", "--set", "lr=-1"], "'lr' is a search dimension"),
     (["run", "mnist-mlp", "--set", "lr=-1"], "option 'lr' must be > 0"),
     (["run", "mnist-mlp", "--set", "epochs=two"], "option 'epochs' expects int"),
     (["run", "mnist-mlp", "--set", "epochs"], "--set expects key=value"),

@@ -133,9 +133,10 @@ def test_evil_weights_file_fails_the_run_with_one_line(tmp_path, capsys):
 
 
 def test_mcmc_sampling_quick_from_an_energy_regressor_run(image_data_dir, tmp_path):
-    # a minimal energy-regressor run folder: weights, exact energy and pixel statistics
+    # a minimal energy-regressor run folder: its record, weights, exact energy and pixel statistics
     source = tmp_path / "source"
     source.mkdir()
+    (source / "config.json").write_text(json.dumps({"experiment": "energy-regressor", "config": {}}))
     torch.save(EnergyRegressor().state_dict(), source / "model.pt")
     exact = fit_pca_mixture(torch.randn(300, 784), pca_components=4, mixture_components=2, seed=0)
     torch.save(exact.state_dict(), source / "exact_energy.pt")

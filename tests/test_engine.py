@@ -1,14 +1,17 @@
 """The shared training loop: it learns, guards against NaN, resumes exactly, decays weights only."""
 
+import io
 import json
+import sys
 
 import pytest
 import torch
 from torch import nn
 
-from conftest import run_quick
+from conftest import interrupted_at_evaluation, run_quick
 from dlclassics.cli import main
-from dlclassics.engine import fit, flat_parameters, make_optimizer, seed_everything, weight_decay_groups
+from dlclassics.engine import (fit, flat_parameters, held_out, make_optimizer, seed_everything,
+                               weight_decay_groups)
 from dlclassics.errors import RunError
 
 
@@ -23,23 +26,80 @@ def _model():
     return nn.Sequential(nn.Linear(20, 32), nn.ReLU(), nn.Dropout(0.2), nn.Linear(32, 2))
 
 
-def _train(epochs, checkpoint=None, resume=False):
+def _train(epochs, checkpoint=None, resume=False, quiet=True, **options):
     generator = seed_everything(3)
     model = _model()
     optimizer = make_optimizer("sgd", model, 0.1, 1e-3, momentum=0.9)
     result = fit(model, _problem(), optimizer=optimizer, epochs=epochs, batch_size=32, generator=generator,
-                 checkpoint=checkpoint, resume=resume, quiet=True, snapshot_parameters=True)
+                 checkpoint=checkpoint, resume=resume, quiet=quiet, snapshot_parameters=True, **options)
     return model, result
 
 
 def test_training_changes_weights_and_learns():
-    seed_everything(0)
-    model = _model()
-    before = flat_parameters(model)
-    _, result = _train(5)
+    seed_everything(3)
+    before = flat_parameters(_model())  # the very network `_train` starts from: same seed, same construction
+    untrained, _ = _train(0)
+    assert torch.equal(before, flat_parameters(untrained))
+    model, result = _train(5)
     assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
     assert result.history[-1]["train_accuracy"] > 0.85
-    assert not torch.equal(before, result.snapshots[-1])
+    assert not torch.equal(before, flat_parameters(model))
+
+
+def test_an_evaluation_step_leaves_the_weights_unchanged():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(20, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Dropout(0.5), nn.Linear(16, 2))
+    before = {name: tensor.clone() for name, tensor in model.state_dict().items()}  # weights and BatchNorm statistics
+    evaluate = held_out(*_problem(seed=1), "val", batch_size=100)
+    first = evaluate(model, 1)
+    assert evaluate(model, 1) == first  # eval mode: no dropout, the running statistics, so the same metrics
+    assert model.training
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, before[name]), name
+
+
+def test_on_epoch_end_sees_each_finished_epoch_once_and_resume_skips_the_done_ones(tmp_path):
+    seen = []
+
+    def record(model, epoch, row):
+        seen.append((epoch, dict(row), flat_parameters(model)))
+
+    def evaluate(model, epoch):
+        return {"val_marker": float(epoch)}
+
+    _, result = _train(3, checkpoint=tmp_path / "ckpt.pt", on_epoch_end=record, evaluate=evaluate)
+    assert [epoch for epoch, _, _ in seen] == [1, 2, 3]
+    assert [row for _, row, _ in seen] == result.history and seen[-1][1]["val_marker"] == 3.0
+    assert all(torch.equal(parameters, snapshot) for (_, _, parameters), snapshot in zip(seen, result.snapshots))
+    seen.clear()
+    _train(5, checkpoint=tmp_path / "ckpt.pt", resume=True, on_epoch_end=record, evaluate=evaluate)
+    assert [epoch for epoch, _, _ in seen] == [4, 5]
+
+
+def test_progress_off_a_terminal_is_one_line_per_epoch_with_held_out_metrics(tmp_path, capsys):
+    _train(2, checkpoint=tmp_path / "ckpt.pt", quiet=False, evaluate=held_out(*_problem(seed=1), "val"), desc="demo")
+    lines = capsys.readouterr().err.splitlines()
+    assert [line.split(":")[0] for line in lines] == ["demo epoch 1/2", "demo epoch 2/2"]
+    assert all("train_loss" in line and "train_accuracy" in line and "val_accuracy" in line for line in lines)
+    _train(3, checkpoint=tmp_path / "ckpt.pt", resume=True, quiet=False, desc="demo")
+    resumed = capsys.readouterr().err.splitlines()
+    assert resumed[0] == "demo: resuming at epoch 3 of 3" and resumed[1].startswith("demo epoch 3/3: train_loss")
+    _train(2, quiet=True)
+    assert capsys.readouterr().err == ""
+
+
+class _Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_progress_on_a_terminal_keeps_the_bar_and_the_epoch_lines(monkeypatch):
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    _train(2, quiet=False, desc="demo")
+    shown = terminal.getvalue()
+    assert "demo epoch 1/2: train_loss" in shown and "demo epoch 2/2: train_loss" in shown
+    assert "100%" in shown.rsplit("\r", 1)[-1]  # the finished bar stays on screen
 
 
 def test_interrupted_then_resumed_equals_uninterrupted(tmp_path):
@@ -76,28 +136,15 @@ def test_weight_decay_applies_to_weights_not_biases():
     assert all(torch.equal(a, b) for a, b in zip(biases, plain["params"]))
 
 
-def test_cli_resume_after_interruption_matches_uninterrupted(image_data_dir, tmp_path, monkeypatch):
+def test_cli_resume_after_interruption_matches_uninterrupted(image_data_dir, tmp_path):
     full = run_quick("mnist-mlp", image_data_dir, tmp_path / "full", "--epochs", "3")
     expected = json.loads((full / "metrics.json").read_text())
-
-    import dlclassics.engine as engine
-
-    real = engine.evaluate_classifier
-    calls = {"n": 0}
-
-    def interrupt_in_epoch_three(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(engine, "evaluate_classifier", interrupt_in_epoch_three)  # per-epoch held-out metrics
     argv = ["run", "mnist-mlp", "--quick", "--quiet", "--epochs", "3", "--device", "cpu",
             "--data-dir", str(image_data_dir), "--out", str(tmp_path / "cut")]
-    assert main(argv) == 1
+    with interrupted_at_evaluation(3):
+        assert main(argv) == 1
     (incomplete,) = (tmp_path / "cut" / "mnist-mlp").iterdir()
     assert incomplete.name.endswith(".incomplete") and not (incomplete / "report.md").exists()
-    monkeypatch.setattr(engine, "evaluate_classifier", real)
     assert main(argv + ["--resume"]) == 0
     (done,) = (tmp_path / "cut" / "mnist-mlp").iterdir()
     resumed = json.loads((done / "metrics.json").read_text())

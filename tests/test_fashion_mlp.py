@@ -2,6 +2,7 @@
 
 import csv
 import json
+import re
 import shutil
 
 import numpy as np
@@ -12,11 +13,12 @@ from torch import nn
 
 from dlclassics import mlp_search
 from dlclassics.cli import main
+from dlclassics.data import images
 from dlclassics.data.idx import write_idx
 from dlclassics.experiments import fashion_mlp, fashion_mlp_enhanced
 from dlclassics.models.mlp import mlp
 
-TIMES = ("wall_time_s", "search_time_s", "retrain_time_s")
+TIMES = ("wall_time_this_part_s", "wall_time_s", "search_time_s", "retrain_time_s")
 
 
 def _metrics(folder):
@@ -54,7 +56,7 @@ def test_enhanced_spaces_hold_the_source_options():
     seed = fashion_mlp_enhanced.SEARCH_SPACES["seed"]
     assert set(seed["batchnorm"]) == {True, False} and seed["dropout"] == (0.0, 0.2, 0.3, 0.5)
     assert seed["activation"] == ("relu", "leaky", "elu", "prelu")
-    assert fashion_mlp_enhanced.RECIPES["seed"]["trials"] == 15 and fashion_mlp_enhanced.RECIPES["seed"]["final_epochs"] == 50
+    assert fashion_mlp_enhanced.RECIPES["seed"]["trials"] == 15 and fashion_mlp_enhanced.RECIPES["seed"]["epochs"] == 50
 
 
 def test_fashion_mlp_quick_selects_on_validation_only(image_data_dir, tmp_path):
@@ -119,3 +121,47 @@ def test_enhanced_refuses_a_run_of_another_experiment(image_data_dir, tmp_path, 
     code = main(["run", "fashion-mlp-enhanced", "--quick", "--quiet", "--device", "cpu", "--data-dir",
                  str(image_data_dir), "--out", str(tmp_path / "runs"), "--from-run", str(fake)])
     assert code == 2 and "pass a fashion-mlp run" in capsys.readouterr().err
+
+
+def test_ctrl_c_in_a_search_resumes_the_interrupted_trial(image_data_dir, tmp_path, monkeypatch, capsys):
+    whole = run_quick("fashion-mlp", image_data_dir, tmp_path / "whole", "--set", "trials=3")
+    capsys.readouterr()
+
+    train, calls = mlp_search.train, []
+
+    def interrupted_in_trial_1(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return train(*args, **kwargs)
+
+    monkeypatch.setattr(mlp_search, "train", interrupted_in_trial_1)
+    argv = ["run", "fashion-mlp", "--quick", "--device", "cpu", "--data-dir", str(image_data_dir),
+            "--out", str(tmp_path / "cut"), "--set", "trials=3"]
+    assert main([*argv, "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "interrupted; continue with: dlclassics run fashion-mlp --resume" in err
+    monkeypatch.setattr(mlp_search, "train", train)
+
+    (folder,) = (tmp_path / "cut" / "fashion-mlp").iterdir()
+    assert main([*argv, "--resume", str(folder)]) == 0
+    err = capsys.readouterr().err
+    assert "resuming at trial 1 (1 of 3 trials finished; interrupted, run again after the waiting ones: 1)" in err
+    assert re.search(r"^trial 1: layers=\d, units=\d+, lr=[\d.]+, .* -> validation accuracy 0\.\d{4} \(\d+\.\d s\)$",
+                     err, re.MULTILINE)
+    (resumed,) = [p for p in (tmp_path / "cut" / "fashion-mlp").iterdir()]
+    without_seconds = lambda rows: [{k: v for k, v in row.items() if k != "seconds"} for row in rows]
+    assert without_seconds(_rows(resumed / "search.csv")) == without_seconds(_rows(whole / "search.csv"))
+    assert [row["trial"] for row in _rows(resumed / "search.csv")] == ["0", "1", "2"]  # no gap
+    assert _metrics(resumed) == _metrics(whole)
+
+
+def test_one_worker_searches_on_the_data_already_loaded(image_data_dir, tmp_path, monkeypatch):
+    loads = []
+    real = images.load_images
+    monkeypatch.setattr(images, "load_images", lambda *args: loads.append(args) or real(*args))
+    monkeypatch.setattr(mlp_search, "load_images", lambda *args: loads.append(args) or real(*args))
+    folder = run_quick("fashion-mlp-enhanced", image_data_dir, tmp_path / "runs")
+    assert len(loads) == 1  # the enhanced search, the baseline's search and both retrainings: one load
+    record = json.loads((folder / "config.json").read_text())
+    assert record["study"] == f"fashion-mlp-enhanced-{folder.name}" and record["storage"] is None

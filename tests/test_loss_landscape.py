@@ -116,4 +116,4 @@ def test_missing_trajectory_is_one_clear_error(image_data_dir, tmp_path, capsys)
 
     code = main(["run", "loss-landscape", "--quick", "--quiet", "--data-dir", str(image_data_dir),
                  "--out", str(tmp_path / "runs"), "--from-run", str(tmp_path)])
-    assert code == 1 and "has no trajectory.pt" in capsys.readouterr().err
+    assert code == 2 and "has no trajectory.pt" in capsys.readouterr().err  # a bad --from-run: exit 2 everywhere

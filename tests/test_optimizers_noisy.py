@@ -1,12 +1,9 @@
 """optimizers-noisy: the batched gradient is the derivative of the loss, the batched study behaves
-like independent runs, and the experiment runs end to end at --quick size."""
-
-import json
+like independent runs (the --quick run is in test_smoke_all)."""
 
 import pytest
 import torch
 
-from conftest import run_quick
 from dlclassics.config import resolve
 from dlclassics.data.linear_regression import make_linear_data
 from dlclassics.errors import UsageError
@@ -53,15 +50,6 @@ def test_gradient_noise_changes_the_result():
 def test_unknown_method_is_a_usage_error():
     with pytest.raises(UsageError, match="methods"):
         resolve(Config, {"methods": "sgd,rmsprop"})
-
-
-def test_quick_run(tmp_path):
-    folder = run_quick("optimizers-noisy", tmp_path / "no-data", tmp_path / "runs")
-    metrics = json.loads((folder / "metrics.json").read_text())
-    assert set(metrics) >= {"best_test_loss_adagrad_g0.4", "final_theta_sgd_g5", "final_theta_adam_g2"}
-    for figure in ("test_loss", "best_values"):
-        assert (folder / "figures" / f"{figure}.png").is_file()
-    assert "final theta, mean coordinate, sgd, gamma 5" in (folder / "report.md").read_text()
 
 
 @pytest.mark.slow

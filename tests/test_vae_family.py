@@ -1,4 +1,4 @@
-"""S4: mnist-classifier, vae, latent-optimization and vae-loglik: model pieces, estimators, smoke runs."""
+"""S4: vae and vae-loglik: model pieces, estimators, snapshots (other --quick runs: test_smoke_all)."""
 
 from __future__ import annotations
 
@@ -12,30 +12,11 @@ from conftest import run_quick
 from dlclassics.models import vae as V
 
 
-def test_mnist_classifier_quick(image_data_dir, tmp_path):
-    folder = run_quick("mnist-classifier", image_data_dir, tmp_path / "runs")
-    metrics = json.loads((folder / "metrics.json").read_text())
-    assert metrics["test_accuracy"] > 0.3
-    for figure in ("loss", "accuracy", "confusion"):
-        assert (folder / "figures" / f"{figure}.png").is_file()
-
-
 def test_vae_quick_saves_snapshots(image_data_dir, tmp_path):
     folder = run_quick("vae", image_data_dir, tmp_path / "runs", "--dataset", "fashion-mnist")
     assert {p.name for p in folder.glob("model_epoch_*.pt")} == {"model_epoch_1.pt", "model_epoch_2.pt"}
     for figure in ("loss", "recon_train", "recon_val", "samples"):
         assert (folder / "figures" / f"{figure}.png").is_file()
-
-
-def test_latent_optimization_quick_trains_both_and_from_run(image_data_dir, tmp_path):
-    folder = run_quick("latent-optimization", image_data_dir, tmp_path / "runs")
-    metrics = json.loads((folder / "metrics.json").read_text())
-    for key in ("vae_between_within_ratio", "lo_between_within_ratio", "vae_sample_diversity", "lo_sample_diversity"):
-        assert math.isfinite(metrics[key])
-    assert "## Diagnosis" in (folder / "report.md").read_text()
-    vae_run = run_quick("vae", image_data_dir, tmp_path / "vae-runs")
-    again = run_quick("latent-optimization", image_data_dir, tmp_path / "runs2", "--from-run", str(vae_run))
-    assert (again / "figures" / "samples.png").is_file()
 
 
 def test_vae_loglik_quick_trains_a_vae_and_checks_from_run(image_data_dir, tmp_path):
@@ -126,6 +107,58 @@ def test_importance_sampling_converges_to_the_exact_ppca_likelihood():
     assert errors[0] > errors[1] > errors[2] and errors[3] < 0.01 and errors[4] < 0.005
     assert all(a > b for a, b in zip(stderrs[1:], stderrs[2:]))  # s.e. ~ 1/sqrt(K)
     assert stderrs[4] == pytest.approx(stderrs[3] * math.sqrt(1000 / 20000), rel=0.2)
+
+
+# ---------------------------------------------------------------- Monte Carlo error and effective sample size
+
+def test_effective_sample_size_closed_forms():
+    # columns: 8 equal weights (ESS 8); one weight carrying everything (1); two weights 3 and six weights 1
+    # ((2*3 + 6)^2 / (2*9 + 6) = 6)
+    log_w = torch.stack([torch.full((8,), 2.5), torch.tensor([0.0] + [-1e4] * 7),
+                         torch.tensor([math.log(3)] * 2 + [0.0] * 6)], 1)
+    assert torch.allclose(V.effective_sample_size(log_w), torch.tensor([8.0, 1.0, 6.0]))
+    # target N(0, I_2) (so p(x) = 1), proposal N(0, 1.5^2 I_2): ESS / K -> E_q[w]^2 / E_q[w^2]
+    # = (sqrt(2 s^2 - 1) / s^2)^2 per image, from E_q[w^2] = s^2 / sqrt(2 s^2 - 1) per dimension
+    scale, samples = 1.5, 200000
+    mu, log_sigma = torch.zeros(3, 2), torch.full((3, 2), math.log(scale))
+    log_w = V.importance_log_weights(V.standard_normal_log_density, mu, log_sigma, samples,
+                                     torch.Generator().manual_seed(0), chunk=50000)
+    expected = (math.sqrt(2 * scale ** 2 - 1) / scale ** 2) ** 2  # 0.691
+    assert torch.allclose(V.effective_sample_size(log_w) / samples, torch.full((3,), expected), atol=0.01)
+
+
+def _mismatched_vae(latent: int = 8, pixels: int = 30, scale: float = 0.2) -> V.VAE:
+    """A VAE whose encoder ignores the image and proposes N(0, 0.2^2 I), far narrower than the posterior
+    under this random decoder: E_q[w^2] is huge (infinite for a posterior as wide as the N(0, I) prior)."""
+    torch.manual_seed(0)
+    model = V.VAE(latent, 16, pixels)
+    head = model.encoder.net[-1]
+    with torch.no_grad():
+        head.weight.zero_()
+        head.bias.copy_(torch.cat([torch.zeros(latent), torch.full((latent,), math.log(scale))]))
+    return model
+
+
+def test_reported_monte_carlo_error_matches_the_scatter_over_seeds_under_heavy_tails():
+    from dlclassics.experiments.vae_loglik import Config, estimate, replicate_stderr, rms, summary
+
+    model, k = _mismatched_vae(), 100
+    x = (torch.rand(40, 30, generator=torch.Generator().manual_seed(1)) < 0.5).float()
+    cfg = Config(samples=(k,), error_images=40, replicates=5, batch_images=40, chunk=100)
+    reported = estimate(model, x, (k,), cfg, False, torch.Generator().manual_seed(0))
+    again = estimate(model, x, (k,), cfg, False, torch.Generator().manual_seed(0))
+    errors = replicate_stderr(model, x, (k,), cfg, False, reported, torch.Generator().manual_seed(1))
+    assert torch.equal(reported[k].log_p, again[k].log_p)  # same seed, same estimate
+    row = summary("test", k, reported[k], errors[k])
+
+    seeds = torch.stack([estimate(model, x, (k,), cfg, False, torch.Generator().manual_seed(10 + seed))[k].log_p
+                         for seed in range(40)])  # [seeds, images]
+    per_image, of_the_mean = rms(seeds.std(0)), seeds.mean(1).std().item()
+    assert 0.75 < row["MC s.e. per image (rms)"] / per_image < 1.33
+    assert 0.67 < row["MC s.e."] / of_the_mean < 1.5
+    # the delta-method error of the same draw is about half the observed scatter: the case is heavy-tailed
+    assert rms(reported[k].delta_stderr) / per_image < 0.65
+    assert reported[k].ess.mean() < 0.15 * k
 
 
 # ---------------------------------------------------------------- reproduction runs (slow)

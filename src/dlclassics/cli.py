@@ -1,24 +1,29 @@
 """The `dlclassics` command: list | run | runs | report | data.
 
-User errors (UsageError, exit 2; RunError, exit 1) are printed as one line without a traceback.
+User errors (UsageError, exit 2; RunError, exit 1) are printed as one line without a traceback, and
+so are Ctrl-C and the operating system's refusals (a path that cannot be read or written, a full disk).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import shutil
+import os
 import sys
-import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dlclassics import __version__, registry
 from dlclassics.config import describe, load_toml, parse_assignments, resolve
 from dlclassics.data.registry import names as dataset_names
 from dlclassics.errors import RunError, UsageError
 
+if TYPE_CHECKING:  # imported when used: they import torch
+    from dlclassics.distributed import Placement
+    from dlclassics.runs import Run
+
 DEFAULT_RUNS = Path("runs")
+MAX_WORKERS = 64  # local processes; more is a typo, not a machine this runs on
 
 
 class _Parser(argparse.ArgumentParser):
@@ -61,8 +66,16 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", type=Path, default=DEFAULT_RUNS, help="root folder of run folders (default: runs)")
     run.add_argument("--resume", nargs="?", const="latest", metavar="RUN_DIR",
                      help="continue an interrupted run (default: the latest incomplete one)")
-    run.add_argument("--workers", type=int, default=1, help="local processes for hyperparameter searches")
+    run.add_argument("--workers", type=bounded_int(1, MAX_WORKERS), default=1,
+                     help=f"local processes for hyperparameter searches (1 to {MAX_WORKERS})")
+    run.add_argument("--nproc", type=int, default=1, metavar="N",
+                     help="train on N local processes with DistributedDataParallel (under torchrun, leave it out)")
+    run.add_argument("--threads", type=int, metavar="N",
+                     help="torch threads per process (default: the cores divided by the local processes)")
     run.add_argument("--storage", help="Optuna database URL shared by workers on many machines")
+    run.add_argument("--study", metavar="NAME",
+                     help="join this existing study in --storage (the name another run printed and recorded) "
+                          "instead of starting the run's own")
     run.add_argument("--from-run", type=Path, help="an earlier run folder this experiment builds on")
     run.add_argument("--dry-run", action="store_true", help="print the resolved config and stop")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -94,6 +107,19 @@ def build_parser() -> argparse.ArgumentParser:
     fetch.add_argument("name", help=f"the dataset: {', '.join(dataset_names())}")
     fetch.add_argument("--to", type=Path, help="folder to download into (default: the user cache)")
     return parser
+
+
+def bounded_int(low: int, high: int) -> Any:
+    """An argparse type: an integer in [low, high], so a typo cannot start a thousand processes."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"expects an integer from {low} to {high}; got {text!r}")
+        return value
+    return parse
 
 
 def config_layers(module: Any, args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -139,77 +165,152 @@ def command_list(args: argparse.Namespace) -> int:
 
 
 def command_run(args: argparse.Namespace) -> int:
-    from dlclassics.runs import latest_incomplete
+    from dlclassics import distributed
+    from dlclassics.runs import read_finished_run
 
     module = registry.load(args.experiment)
-    config = resolve(module.Config, *config_layers(module, args))
+    config = resolve(module.Config, *config_layers(module, args), searched=getattr(module, "SEARCHED", None))
+    if args.study and not hasattr(module, "SEARCHED"):
+        raise UsageError(f"--study: {args.experiment} runs no hyperparameter search")
+    if args.study and not args.storage:
+        raise UsageError("--study joins a study in a shared database: give its --storage URL too")
     if not 0.0 <= args.carve_test < 1.0:
         raise UsageError(f"--carve-test must be a fraction in [0, 1); got {args.carve_test}")
+    place = distributed.placement()
+    check_processes(args, place)
     if args.dry_run:
         import dataclasses
 
         print(json.dumps({"experiment": args.experiment, "config": dataclasses.asdict(config)}, indent=2))
         return 0
-    resume_dir = None
-    if args.resume == "latest":
-        resume_dir = latest_incomplete(args.out, args.experiment)
-        if resume_dir is None:
-            raise UsageError(f"--resume: no interrupted run of '{args.experiment}' under {args.out}")
-    elif args.resume:
-        resume_dir = Path(args.resume)
-        if not (resume_dir / "config.json").is_file():
-            raise UsageError(f"--resume: {resume_dir} is not a run folder")
-    report = execute(module, args.experiment, config, args, resume_dir)
-    print(report)
-    if not args.no_site:
-        from dlclassics import site
+    from_run = None
+    if args.from_run is not None:  # checked before a run folder exists, so a wrong one leaves nothing behind
+        upstream = getattr(module, "FROM_RUN", None)
+        if upstream is None:
+            raise UsageError(f"'{args.experiment}' does not build on another run; drop --from-run")
+        from_run = read_finished_run(args.from_run, upstream.experiments, upstream.files, upstream.metrics)
+    if args.nproc > 1 and place is None:
+        return distributed.launch(args.argv, args.nproc)
+    report = in_processes(module, args, config, from_run, place)
+    if report is not None:
+        print(report)
+        if not args.no_site:
+            from dlclassics import site
 
-        print(site.refresh(args.out))
+            print(site.refresh(args.out))
     return 0
 
 
-def execute(module: Any, experiment_id: str, config: Any, args: argparse.Namespace,
-            resume_dir: Path | None) -> Path:
-    """Run one experiment into its run folder and return the report's path."""
-    from dlclassics.engine import resolve_device
-    from dlclassics.runs import Run, atomic_write_json, config_record, finish, new_run_dir, write_report
+def check_processes(args: argparse.Namespace, place: Any) -> None:
+    """--nproc against torchrun's variables, and against the search options that start processes of their own."""
+    if args.nproc < 1:
+        raise UsageError(f"--nproc must be at least 1; got {args.nproc}")
+    if place is not None and args.nproc not in (1, place.local_world_size):
+        raise UsageError(f"--nproc {args.nproc}, but torchrun started {place.local_world_size} processes on this "
+                         "machine; leave --nproc out under torchrun")
+    if (place.world_size if place else args.nproc) > 1 and (args.workers > 1 or args.storage):
+        raise UsageError("--workers and --storage run search trials in processes of their own; with --nproc or "
+                         "torchrun every trial trains on all the processes instead: leave them out")
 
+
+def in_processes(module: Any, args: argparse.Namespace, config: Any, from_run: Any, place: Any) -> Path | None:
+    """Run the experiment in this process, or as one rank of a process group (--nproc, torchrun): rank 0
+    records the run in its folder; the other ranks run it in a scratch copy of that folder and return None."""
+    from dlclassics import distributed
+    from dlclassics.engine import resolve_device
+
+    threads = distributed.use_threads(place.local_world_size if place else 1, args.threads)
     device = resolve_device(config.device)
-    folder = resume_dir or new_run_dir(args.out, experiment_id)
-    run = Run(experiment=experiment_id, dir=folder, config=config, device=device, data_dir=args.data_dir,
-              carve_test=args.carve_test, unverified=args.unverified, quiet=args.quiet,
-              resume=resume_dir is not None,
-              workers=args.workers, storage=args.storage, from_run=args.from_run)
+    if place is None:
+        return execute(module, new_run(module, args, config, from_run, device, threads))
+    with distributed.process_group(place, device) as device:
+        if place.rank == 0:
+            run = new_run(module, args, config, from_run, device, threads)
+            distributed.send_run_folder(run.dir, run.resume)
+            return execute(module, run)
+        try:
+            with distributed.scratch_run_folder() as (folder, resume):
+                module.run(config, run_record(module, args, config, from_run, device, threads, folder, resume))
+        except KeyboardInterrupt:  # rank 0 says how to resume
+            raise RunError("interrupted") from None
+        return None
+
+
+def new_run(module: Any, args: argparse.Namespace, config: Any, from_run: Any, device: Any, threads: int) -> Any:
+    """The Run: in a new folder, or in the interrupted one `--resume` names (checked when it starts)."""
+    from dlclassics.runs import latest_incomplete, new_run_dir
+
+    if args.resume == "latest":
+        folder = latest_incomplete(args.out, args.experiment)
+        if folder is None:
+            raise UsageError(f"--resume: no interrupted run of '{args.experiment}' under {args.out}")
+    elif args.resume:
+        folder = Path(args.resume)
+        if not folder.is_dir():
+            raise UsageError(f"--resume {folder}: no such run folder")
+    else:
+        folder = new_run_dir(args.out, args.experiment)
+    run = run_record(module, args, config, from_run, device, threads, folder, bool(args.resume))
     if config.quick:
         run.mark_not_comparable("--quick: a smoke-test size run, not comparable with the source")
-    atomic_write_json(folder / "config.json", config_record(run))
-    started = time.perf_counter()
+    return run
+
+
+def run_record(module: Any, args: argparse.Namespace, config: Any, from_run: Any, device: Any, threads: int,
+               folder: Path, resume: bool) -> Any:
+    """What the experiment's `run` receives; ranks other than 0 stay quiet."""
+    from dlclassics import distributed
+    from dlclassics.runs import Run
+
+    return Run(experiment=args.experiment, dir=folder, config=config, device=device, data_dir=args.data_dir,
+               carve_test=args.carve_test, unverified=args.unverified, quiet=args.quiet or distributed.rank() > 0,
+               resume=resume, workers=args.workers, storage=args.storage, from_run=from_run,
+               study=_study(module, args.experiment, folder, args.study, folder if resume else None),
+               threads=threads, world_size=distributed.world_size())
+
+
+def execute(module: Any, run: Any) -> Path:
+    """Run one experiment in its run folder and return the report's path.
+
+    Only an interruption leaves a new run's folder behind, and only once there is something to resume;
+    an error removes it, so a later plain `--resume` never picks up a failed run. A resumed run that
+    fails is kept (its checkpoints hold the work of earlier parts), to be resumed again.
+    """
+    from dlclassics import runs
+
+    runs.start(run)
     try:
-        metrics = module.run(config, run)
-    except (KeyboardInterrupt, RunError, UsageError) as exc:
-        reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else str(exc)
-        if isinstance(exc, UsageError) or not _resumable(folder):  # nothing worth keeping: leave no folder
-            shutil.rmtree(folder, ignore_errors=True)
-            _remove_if_empty(folder.parent)
-            raise type(exc)(reason) if not isinstance(exc, KeyboardInterrupt) else RunError(reason) from None
-        raise RunError(f"{reason}; continue with: dlclassics run {experiment_id} --resume {folder}") from None
-    metrics = {**metrics, "wall_time_s": round(time.perf_counter() - started, 2)}
-    atomic_write_json(folder / "metrics.json", metrics)
-    write_report(run, module.TITLE, metrics, module.REFERENCES)
-    return finish(run) / "report.md"
+        return runs.finish(run, module.TITLE, module.run(run.config, run), module.REFERENCES)
+    except KeyboardInterrupt:
+        if not runs.resumable(run.dir):
+            runs.discard(run)
+            raise RunError("interrupted before the first checkpoint: nothing to resume yet") from None
+        runs.suspend(run, "interrupted")
+        raise RunError(f"interrupted; continue with: dlclassics run {run.experiment} --resume {run.dir}") from None
+    except BaseException as exc:
+        if not run.resume:
+            runs.discard(run)
+            raise
+        runs.suspend(run, "failed")
+        if isinstance(exc, (UsageError, RunError)):
+            raise type(exc)(f"{exc}; the interrupted run {run.dir} is kept: resume it again once that is fixed") \
+                from None
+        raise
 
 
-def _remove_if_empty(folder: Path) -> None:
-    """`runs/<id>/` made for a run that was refused: gone again unless other runs live there."""
-    try:
-        folder.rmdir()
-    except OSError:
-        pass
+def _study(module: Any, experiment_id: str, folder: Path, joined: str | None, resume_dir: Path | None) -> str | None:
+    """A searching experiment's study: the one it joins, the one the resumed run used, or its own."""
+    if not hasattr(module, "SEARCHED"):
+        return None
+    from dlclassics.sweep import own_study_name
 
-
-def _resumable(folder: Path) -> bool:
-    """An interrupted run is worth resuming once it has a checkpoint or a search journal."""
-    return any(folder.glob("checkpoint*.pt")) or (folder / "study.journal").exists()
+    recorded = None
+    if resume_dir is not None:
+        try:
+            recorded = json.loads((resume_dir / "config.json").read_text()).get("study")
+        except (OSError, ValueError, AttributeError):
+            raise UsageError(f"--resume: {resume_dir / 'config.json'} is not readable JSON") from None
+    return joined or recorded or own_study_name(experiment_id, folder)
 
 
 def command_runs(args: argparse.Namespace) -> int:
@@ -280,11 +381,24 @@ def command_data(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
+        args.argv = list(sys.argv[1:] if argv is None else argv)  # what --nproc hands to each process
         handler = {"list": command_list, "run": command_run, "runs": command_runs, "report": command_report,
                    "data": command_data}
         return handler[args.command](args)
     except (UsageError, RunError) as exc:
-        print(f"dlclassics: error: {exc}", file=sys.stderr)
-        return exc.exit_code
+        return _fail(str(exc), exc.exit_code)
+    except KeyboardInterrupt:
+        return _fail("interrupted", RunError.exit_code)
     except BrokenPipeError:  # `dlclassics list | head`
         return 0
+    except OSError as exc:  # the operating system refused a path: unreadable, read-only, full disk...
+        where = f" ({exc.filename})" if exc.filename else ""
+        return _fail(f"{exc.strerror or exc}{where}; check that path, its permissions and the free space",
+                     RunError.exit_code)
+
+
+def _fail(message: str, code: int) -> int:
+    rank = os.environ.get("RANK", "0")  # set by torchrun and --nproc; only rank 0 speaks for the group
+    where = f" (rank {rank})" if rank != "0" else ""
+    print(f"dlclassics: error{where}: {message}", file=sys.stderr)
+    return code

@@ -8,12 +8,19 @@ field's type and validates in one place, without side effects.
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 import typing
 from pathlib import Path
 from typing import Any
 
 from dlclassics.errors import UsageError
+
+# numpy's legacy seeding takes 32 bits, and runs derive seeds by adding small offsets (seed + trial number)
+MAX_SEED = 2**31 - 1
+# A training length beyond this is a typo (days of CPU time for any experiment here), not a plan. It bounds
+# every option named `epochs` or `*_epochs`, so `--epochs 30000000` is refused before a run starts.
+MAX_EPOCHS = 10_000
 
 
 def option(default: Any, help: str, *, low: float | None = None, high: float | None = None,
@@ -31,7 +38,8 @@ def option(default: Any, help: str, *, low: float | None = None, high: float | N
 class BaseConfig:
     """Fields every experiment has."""
 
-    seed: int = option(0, "seed for torch, numpy and python; the same seed gives the same numbers", low=0)
+    seed: int = option(0, "seed for torch, numpy and python; the same seed gives the same numbers", low=0,
+                       high=MAX_SEED)
     device: str = option("auto", "where to compute", choices=("auto", "cpu", "cuda", "mps"))
     quick: bool = option(False, "tiny smoke-test size: a few hundred examples, one or two epochs")
 
@@ -61,14 +69,19 @@ def _coerce(name: str, kind: type, value: Any) -> Any:
         if kind is float:
             if isinstance(value, bool):
                 raise ValueError
-            return float(value)
+            number = float(value)
+            if not math.isfinite(number):
+                raise UsageError(f"option '{name}' must be a finite number; got {value!r}")
+            return number
         if kind is str:
             return str(value)
         if typing.get_origin(kind) is tuple:
             item = typing.get_args(kind)[0]
             parts = value if isinstance(value, (list, tuple)) else [p for p in str(value).split(",") if p.strip()]
+            if not parts:
+                raise UsageError(f"option '{name}' needs at least one value (comma separated); got {value!r}")
             return tuple(_coerce(name, item, part) for part in parts)
-    except ValueError:
+    except (ValueError, TypeError, OverflowError):  # TypeError: a TOML table where a number was expected
         pass
     else:
         raise UsageError(f"option '{name}' has an unsupported type {kind!r}")
@@ -87,17 +100,24 @@ def _check_range(name: str, value: Any, meta: typing.Mapping[str, Any]) -> None:
         raise UsageError(f"option '{name}' must be {relation} {low}; got {value!r}")
     if high is not None and any(v > high for v in values):
         raise UsageError(f"option '{name}' must be <= {high}; got {value!r}")
+    if (name == "epochs" or name.endswith("_epochs")) and value > MAX_EPOCHS:
+        raise UsageError(f"option '{name}' must be <= {MAX_EPOCHS:,} (a longer run is almost surely a typo); "
+                         f"got {value!r}")
 
 
-def resolve(cls: type, *layers: typing.Mapping[str, Any]) -> Any:
+def resolve(cls: type, *layers: typing.Mapping[str, Any], searched: typing.Mapping[str, str] | None = None) -> Any:
     """Build a config of `cls` from defaults plus override layers (later layers win).
 
-    Unknown keys are refused with the list of valid ones; every value is coerced and range-checked.
+    Unknown keys are refused with the list of valid ones, or, for a search dimension of the
+    experiment (`searched`: name -> how to fix or narrow it), with that hint; every value is
+    coerced and range-checked.
     """
-    kinds = field_types(cls)
+    kinds, searched = field_types(cls), searched or {}
     values: dict[str, Any] = {}
     for layer in layers:
         for name, raw in layer.items():
+            if name not in kinds and name in searched:
+                raise UsageError(f"'{name}' is a search dimension of this experiment, not an option: {searched[name]}")
             if name not in kinds:
                 raise UsageError(f"unknown option '{name}'; valid options: {', '.join(sorted(kinds))}")
             values[name] = _coerce(name, kinds[name], raw)
@@ -124,9 +144,16 @@ def load_toml(path: Path) -> dict[str, Any]:
         data = tomllib.loads(Path(path).read_text())
     except FileNotFoundError:
         raise UsageError(f"config file {path} does not exist") from None
+    except IsADirectoryError:
+        raise UsageError(f"config file {path} is a folder; pass a TOML file of option values") from None
+    except OSError as exc:
+        raise UsageError(f"config file {path} cannot be read ({exc.strerror})") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise UsageError(f"config file {path} is not valid TOML: {exc}") from None
-    return data.get("config", data)
+    table = data.get("config", data)
+    if not isinstance(table, dict):
+        raise UsageError(f"config file {path}: 'config' must be a table of option values")
+    return table
 
 
 def valid_values(meta: typing.Mapping[str, Any]) -> str:

@@ -13,6 +13,7 @@ import dataclasses
 import math
 import random
 import sys
+import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,10 +22,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from dlclassics.distributed import DataParallel, Step
 from dlclassics.errors import RunError
 from dlclassics.runs import atomic_torch_save
-
-Step = Callable[[nn.Module, Sequence[torch.Tensor]], dict[str, torch.Tensor]]
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -174,15 +174,21 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 def fit(model: nn.Module, data: Sequence[torch.Tensor], *, optimizer: torch.optim.Optimizer, epochs: int,
         batch_size: int, generator: torch.Generator, step: Step = classification_step,
         evaluate: Callable[[nn.Module, int], dict[str, float]] | None = None,
+        on_epoch_end: Callable[[nn.Module, int, dict[str, float]], None] | None = None,
         scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
         checkpoint: Path | None = None, resume: bool = False, record_iterations: bool = False,
         snapshot_parameters: bool = False, quiet: bool = False, desc: str = "train") -> FitResult:
     """Train `model` on in-memory tensors `data` (already on the model's device).
 
-    Each epoch: shuffle with `generator`, step through batches, average the step's outputs, call
-    `evaluate(model, epoch)` for held-out metrics, then write an atomic checkpoint. With `resume`
-    and an existing checkpoint, training continues after the last saved epoch and ends with the
-    same numbers as an uninterrupted run (on the CPU).
+    Each epoch: shuffle with `generator`, step through batches of `batch_size`, average the step's
+    outputs, call `evaluate(model, epoch)` for held-out metrics and `on_epoch_end(model, epoch, row)`
+    (to save a snapshot, say), then write an atomic checkpoint. With `resume` and an existing
+    checkpoint, training continues after the last saved epoch and ends with the same numbers as an
+    uninterrupted run (on the CPU).
+
+    In a torch.distributed process group (`dlclassics run --nproc N`, or torchrun), every process takes
+    its shard of each batch of `batch_size` under DistributedDataParallel (see `distributed`); the
+    history holds the means over the whole batch, and only rank 0 prints and writes the checkpoint.
     """
     n = len(data[0])
     history: list[dict[str, float]] = []
@@ -199,28 +205,34 @@ def fit(model: nn.Module, data: Sequence[torch.Tensor], *, optimizer: torch.opti
         _set_rng_state(state["rng"])
         history, iterations, snapshots = state["history"], state["iterations"], state["snapshots"]
         first_epoch = state["epoch"] + 1
-    steps_per_epoch = math.ceil(n / batch_size)
-    bar = _progress(total=steps_per_epoch * (epochs - first_epoch + 1), quiet=quiet, desc=desc)
+    parallel = DataParallel(model, step)
+    main_process = parallel.rank == 0
+    progress = Progress(desc, epochs, first_epoch, math.ceil(n / batch_size), quiet or not main_process)
     for epoch in range(first_epoch, epochs + 1):
         model.train()
+        parallel.seed_shard_randomness(generator, epoch)
         sums: dict[str, float] = {}
+        losses: list[float] = []  # this process's part of each step's loss
         for batch in epoch_batches(data, batch_size, generator):
-            outputs = step(model, batch)
+            shard, share = parallel.shard(batch)
+            outputs = parallel.step(shard)
             optimizer.zero_grad(set_to_none=True)
-            outputs["loss"].backward()
+            parallel.backward(outputs["loss"], share)
             optimizer.step()
             values = {key: value.item() for key, value in outputs.items()}
             if not math.isfinite(values["loss"]):
-                bar.close()
+                progress.close()
                 raise RunError(f"the training loss became {values['loss']} at epoch {epoch}; the run diverged. "
                                "Lower the learning rate (--set lr=...) or check the inputs")
-            size = len(batch[0])
+            weight = len(batch[0]) * share
             for key, value in values.items():
-                sums[key] = sums.get(key, 0.0) + value * size
+                sums[key] = sums.get(key, 0.0) + value * weight
             if record_iterations:
-                iterations.append(values["loss"])
-            bar.update(1)
-            bar.set_postfix({k: f"{v:.4f}" for k, v in values.items()}, refresh=False)
+                losses.append(values["loss"] * share)
+            progress.step(values)
+        totals = parallel.total([*sums.values(), *losses])  # over the processes: the whole batches' numbers
+        sums = dict(zip(sums, totals))
+        iterations += totals[len(sums):]
         if scheduler is not None:
             scheduler.step()
         row = {"epoch": epoch, **{f"train_{k}": v / n for k, v in sums.items()}}
@@ -229,26 +241,56 @@ def fit(model: nn.Module, data: Sequence[torch.Tensor], *, optimizer: torch.opti
         history.append(row)
         if snapshot_parameters:
             snapshots.append(flat_parameters(model))
-        if checkpoint is not None:
+        if on_epoch_end is not None:
+            on_epoch_end(model, epoch, row)
+        if checkpoint is not None and main_process:
             atomic_torch_save(checkpoint, {
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict() if scheduler is not None else None,
                 "generator": generator.get_state(), "rng": _rng_state(), "epoch": epoch,
                 "history": history, "iterations": iterations, "snapshots": snapshots})
-    bar.close()
+        progress.epoch_end(row)
+    progress.close()
     return FitResult(history, iterations, snapshots)
 
 
-class _Silent:
-    def update(self, *_: Any) -> None: ...
-    def set_postfix(self, *_: Any, **__: Any) -> None: ...
-    def close(self) -> None: ...
+class Progress:
+    """What a training prints on stderr: on a terminal a live bar (kept at the end) with each finished
+    epoch's line above it; into a file or pipe one line per epoch; nothing when quiet."""
 
+    def __init__(self, desc: str, epochs: int, first_epoch: int, steps_per_epoch: int, quiet: bool) -> None:
+        self.desc, self.epochs, self.quiet = desc, epochs, quiet
+        self.started = time.perf_counter()
+        self.bar = None
+        if quiet:
+            return
+        if first_epoch > 1:
+            resumed = (f"resuming at epoch {first_epoch} of {epochs}" if first_epoch <= epochs
+                       else f"all {epochs} epochs were done before the interruption")
+            print(f"{desc}: {resumed}", file=sys.stderr, flush=True)
+        if sys.stderr.isatty():
+            from tqdm import tqdm
 
-def _progress(total: int, quiet: bool, desc: str) -> Any:
-    """A tqdm bar on a terminal; nothing when quiet or when stderr is a file or pipe."""
-    if quiet or not sys.stderr.isatty():
-        return _Silent()
-    from tqdm import tqdm
+            self.bar = tqdm(total=steps_per_epoch * max(0, epochs - first_epoch + 1), desc=desc, leave=True,
+                            mininterval=0.5, dynamic_ncols=True, file=sys.stderr)
 
-    return tqdm(total=total, desc=desc, leave=False, mininterval=0.5, dynamic_ncols=True)
+    def step(self, values: dict[str, float]) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix({k: f"{v:.4f}" for k, v in values.items()}, refresh=False)
+
+    def epoch_end(self, row: dict[str, float]) -> None:
+        """One line: the epoch, its training means and held-out metrics, and the seconds it took."""
+        if self.quiet:
+            return
+        metrics = ", ".join(f"{key} {value:.5g}" for key, value in row.items() if key != "epoch")
+        line = f"{self.desc} epoch {row['epoch']}/{self.epochs}: {metrics} ({time.perf_counter() - self.started:.1f} s)"
+        self.started = time.perf_counter()
+        if self.bar is not None:
+            self.bar.write(line, file=sys.stderr)
+        else:
+            print(line, file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()

@@ -2,56 +2,97 @@
 
 The machinery of S1 Problem 2 shared by `fashion-mlp` (Problems 2.1-2.3: ReLU MLPs) and
 `fashion-mlp-enhanced` (Problem 2.4: the same search plus BatchNorm, Dropout and the activation).
-An experiment declares a `Config` (a `SearchConfig`), its `SEARCH_SPACES` (name -> {parameter:
-choices}) and calls `search_and_retrain` then `save_outputs`; a configuration is a plain dict of
-the parameters `layers`, `units`, `lr`, `batch_size`, `l2`, `epochs` and optionally `batchnorm`,
-`dropout`, `activation` (absent = the plain ReLU MLP of Problem 2.1).
+An experiment declares a `Config` (a `SearchConfig` whose `SPACES` are its search spaces: name ->
+{parameter: choices}) and calls `search_and_retrain` then `save_outputs`; a configuration is a plain
+dict of the parameters `layers`, `units`, `lr`, `batch_size`, `l2`, `epochs` (the per-trial budget)
+and optionally `batchnorm`, `dropout`, `activation` (absent = the plain ReLU MLP of Problem 2.1).
 
-The search runs through `sweep.optimize`, whose worker processes import `make_objective` by its
-dotted path and find the experiment's `Config` and `SEARCH_SPACES` through the module name in the
-payload, so the objective needs no pickling.
+The search runs through `sweep.optimize`: in this process on the data already loaded, and in
+worker processes (`--workers N`) from a `TrialSetup` (the config values, the space and where the
+data is), each loading the data once.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import importlib
+import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import optuna
 import torch
 from torch import nn
 
 from dlclassics import plots, sweep
-from dlclassics.config import BaseConfig, option, resolve
+from dlclassics.config import BaseConfig, _coerce, option
 from dlclassics.data.images import ImageData, image_datasets, load_images
 from dlclassics.data.transforms import flat_float, subsample
 from dlclassics.engine import (FitResult, cosine_schedule, evaluate_classifier, fit, flat_parameters, held_out,
                                make_optimizer, resolve_device, seed_everything)
+from dlclassics.errors import UsageError
 from dlclassics.models.mlp import mlp
-from dlclassics.runs import Run, atomic_torch_save, atomic_write_csv, markdown_table
+from dlclassics.runs import Run, atomic_torch_save, atomic_write_csv, markdown_table, masked_url
 
 SearchSpace = dict[str, tuple]
 # The fields that say which examples a search sees: two searches agreeing on these use the same data and split.
 DATA_FIELDS = ("seed", "device", "quick", "dataset", "val_fraction", "split_seed", "limit")
+# The fields a trial's value depends on besides its parameters: what a worker process needs to train it.
+TRIAL_FIELDS = (*DATA_FIELDS, "momentum", "cosine")
 
 
 @dataclasses.dataclass(frozen=True)
 class SearchConfig(BaseConfig):
-    """Options of a search-then-retrain experiment; experiments redeclare `space` with their choices."""
+    """Options of a search-then-retrain experiment; experiments set `SPACES` and redeclare `space`."""
+
+    SPACES: ClassVar[dict[str, SearchSpace]] = {}  # the experiment's search spaces, by name
 
     dataset: str = option("fashion-mnist", "image dataset", choices=image_datasets)
     space: str = option("tuned", "search space: the source's grid or ours", choices=("seed", "tuned"))
+    narrow: tuple[str, ...] = option((), "fix or narrow search dimensions: NAME=VALUE or NAME=V1/V2, comma "
+                                         "separated (e.g. lr=0.05,units=128/256)")
     trials: int = option(12, "configurations tried by the search (the source needs at least 10)", low=1)
     sampler: str = option("random", "random search or TPE", choices=("random", "tpe"))
     momentum: float = option(0.9, "SGD momentum (Nesterov when > 0); the source used plain SGD", low=0.0, high=0.999)
     cosine: bool = option(True, "cosine learning-rate decay within each training")
-    final_epochs: int = option(25, "epochs of the retraining on train+val", low=1)
+    epochs: int = option(25, "epochs of the retraining on train+val", low=1)
     val_fraction: float = option(0.2, "share of the training set held out for selection", low=0.05, high=0.5)
     split_seed: int = option(541, "seed of the train/validation split (541 = the source's)", low=0)
     limit: int = option(0, "use only the first N training images (0 = all)", low=0)
+
+    def __post_init__(self) -> None:
+        self.search_space()  # a bad `narrow` is refused with the other options, before the run starts
+
+    def search_space(self) -> SearchSpace:
+        """The space `space` names, with the dimensions `narrow` fixes or narrows."""
+        space = dict(self.SPACES.get(self.space, {}))
+        for item in self.narrow:
+            name, sep, values = item.partition("=")
+            if not sep or not values:
+                raise UsageError(f"option 'narrow' expects NAME=VALUE or NAME=V1/V2, got {item!r}")
+            if name not in space:
+                raise UsageError(f"option 'narrow': '{name}' is not a dimension of the {self.space} search space "
+                                 f"({', '.join(space)})")
+            kind = type(space[name][0])
+            space[name] = tuple(_coerce(f"narrow={name}", kind, value) for value in values.split("/"))
+        return space
+
+
+def searched(config: type[SearchConfig]) -> dict[str, str]:
+    """The experiment's `SEARCHED` hook: for each search dimension that is not an option, how to fix
+    or narrow it (what `--set NAME=...` answers instead of "unknown option")."""
+    fields = {f.name: f.default for f in dataclasses.fields(config)}
+    default = config.SPACES[fields["space"]]
+    hints: dict[str, str] = {}
+    for space in config.SPACES.values():
+        for name in space:
+            if name in fields or name in hints:
+                continue
+            choices = [str(choice) for choice in default.get(name, space[name])]
+            hints[name] = (f"fix it with --set narrow={name}={choices[0]}, or narrow it with --set "
+                           f"narrow={name}={'/'.join(choices[:2])} (the {fields['space']} space tries "
+                           f"{'/'.join(choices)})")
+    return hints
 
 
 @dataclasses.dataclass
@@ -106,64 +147,82 @@ def train(cfg: SearchConfig, params: dict[str, Any], x: torch.Tensor, y: torch.T
     return model, result
 
 
-def _experiment(module_name: str) -> tuple[type, dict[str, SearchSpace]]:
-    module = importlib.import_module(module_name)
-    return module.Config, module.SEARCH_SPACES
-
-
-def make_objective(payload: dict[str, Any]) -> sweep.Objective:
-    """The search objective: sample a configuration, train on train, return validation accuracy.
-
-    Module-level so that sweep worker processes can import it; `payload` is plain JSON naming the
-    experiment module (for its `Config` and `SEARCH_SPACES`), the config, and where the data is.
-    """
-    config_class, spaces = _experiment(payload["experiment"])
-    cfg = resolve(config_class, payload["config"])
-    images = load_images(cfg.dataset, payload["data_dir"], payload["carve_test"])
-    data = prepared_data(cfg, images, resolve_device(cfg.device))
-    space = spaces[cfg.space]
-
-    def objective(trial: optuna.trial.Trial) -> float:
+def objective(cfg: SearchConfig, space: SearchSpace, data: dict[str, torch.Tensor]) -> sweep.Objective:
+    """The search objective: take a configuration of `space`, train on train, return validation accuracy."""
+    def run_trial(trial: optuna.trial.Trial) -> float:
         params = {name: trial.suggest_categorical(name, list(choices)) for name, choices in space.items()}
         if cfg.quick:
             params["epochs"] = 1
         # Each trial has its own seed, as the source's `seed + loopcount`, whichever worker runs it.
-        model, _ = train(cfg, params, data["train_x"], data["train_y"], cfg.seed + trial.number, quiet=True)
+        model, _ = train(cfg, params, data["train_x"], data["train_y"], cfg.seed + sweep.trial_index(trial),
+                         quiet=True)
         result = evaluate_classifier(model, data["val_x"], data["val_y"])
         trial.set_user_attr("val_loss", round(result["loss"], 5))
         return result["accuracy"]
 
-    return objective
+    return run_trial
+
+
+@dataclasses.dataclass(frozen=True)
+class TrialSetup:
+    """What a sweep worker process needs to rebuild the objective: plain values, sent by pickling."""
+
+    config: dict[str, Any]  # the TRIAL_FIELDS of the config
+    space: SearchSpace
+    data_dir: Path | None
+    carve_test: float
+    unverified: bool
+
+
+def worker_objective(setup: TrialSetup) -> sweep.Objective:
+    """The objective of a sweep worker process, on the data it loads once."""
+    cfg = SearchConfig(**setup.config)
+    images = load_images(cfg.dataset, setup.data_dir, setup.carve_test, setup.unverified)
+    return objective(cfg, setup.space, prepared_data(cfg, images, resolve_device(cfg.device)))
 
 
 # ---------------------------------------------------------------- search, then retrain
 
-def search_and_retrain(cfg: SearchConfig, run: Run, data: dict[str, torch.Tensor], experiment: str, *,
-                       study_name: str = "search", checkpoint: Path | None = None,
-                       snapshots: bool = False) -> Outcome:
-    """Search on train (selection on validation only), then retrain the best on train+val.
+def search(cfg: SearchConfig, run: Run, data: dict[str, torch.Tensor], space: SearchSpace,
+           study_suffix: str = "") -> optuna.Study:
+    """Fill `cfg.trials` slots of the run's study (its own, or the one it joins) with trials of `space`."""
+    own = sweep.own_study_name(run.experiment, run.dir)
+    name = run.study or own
+    place = sweep.StudyPlace(name + study_suffix, run.dir, run.storage, join=name != own)
+    trial_config = {field: getattr(cfg, field) for field in TRIAL_FIELDS}
+    signature = {"space": space, "trials": cfg.trials, "sampler": cfg.sampler,
+                 **{k: v for k, v in trial_config.items() if k != "device"}}
+    plan = sweep.Search(cfg.trials, signature, sampler=cfg.sampler, seed=cfg.seed, grid=space,
+                        metric="validation accuracy")
+    setup = TrialSetup(trial_config, space, run.data_dir, run.carve_test, run.unverified)
+    run.note(f"search: {place.describe()}")
+    if run.storage and not run.quiet:
+        print(f"search: {place.describe()}; other machines join it with --storage {masked_url(run.storage)} "
+              f"--study {name}", file=sys.stderr, flush=True)
+    return sweep.optimize(objective(cfg, space, data), plan, place, workers=run.workers,
+                          worker_objective=sweep.WorkerObjective(worker_objective, setup), quiet=run.quiet)
 
-    `experiment` is the module name declaring `Config` and `SEARCH_SPACES`; `study_name` keeps two
-    searches of one run apart in its journal. The test set is only looked at during the retraining,
-    once per epoch, for the history; it never takes part in the selection.
+
+def search_and_retrain(cfg: SearchConfig, run: Run, data: dict[str, torch.Tensor], space: SearchSpace, *,
+                       study_suffix: str = "", checkpoint: Path | None = None, snapshots: bool = False) -> Outcome:
+    """Search `space` on train (selection on validation only), then retrain the best on train+val.
+
+    `study_suffix` keeps two searches of one run apart. The test set is only looked at during the
+    retraining, once per epoch, for the history; it never takes part in the selection.
     """
-    _, spaces = _experiment(experiment)
     started = time.perf_counter()
-    payload = {"experiment": experiment, "config": dataclasses.asdict(cfg),
-               "data_dir": str(run.data_dir) if run.data_dir else None, "carve_test": run.carve_test}
-    study = sweep.optimize(f"{__name__}.make_objective", payload, study_dir=run.dir, study_name=study_name,
-                           n_trials=cfg.trials, sampler=cfg.sampler, seed=cfg.seed, workers=run.workers,
-                           storage_url=run.storage, grid=spaces[cfg.space])
+    study = search(cfg, run, data, space, study_suffix)
     search_time = time.perf_counter() - started
-    best = study.best_trial
+    best = sweep.best_trial(study)
     params = dict(best.params)
     if cfg.quick:
         params["epochs"] = 1
 
-    seed = cfg.seed + best.number
+    seed = cfg.seed + sweep.trial_index(best)
     started = time.perf_counter()
-    model, result = train(cfg, {**params, "epochs": cfg.final_epochs}, data["x"], data["y"], seed, run.quiet,
-                          evaluate=held_out(data["test_x"], data["test_y"], "test"), checkpoint=checkpoint or run.checkpoint_path, resume=run.resume,
+    model, result = train(cfg, {**params, "epochs": cfg.epochs}, data["x"], data["y"], seed, run.quiet,
+                          evaluate=held_out(data["test_x"], data["test_y"], "test"),
+                          checkpoint=checkpoint or run.checkpoint_path, resume=run.resume,
                           record_iterations=True, snapshot_parameters=snapshots)
     retrain_time = time.perf_counter() - started
     torch.manual_seed(seed)  # the same seed builds the same network before any step: the initial parameters
@@ -172,8 +231,9 @@ def search_and_retrain(cfg: SearchConfig, run: Run, data: dict[str, torch.Tensor
 
 
 def save_outputs(cfg: SearchConfig, run: Run, outcome: Outcome, space: SearchSpace,
-                 trajectory: bool = False) -> dict[str, Any]:
-    """search.csv, the search table, history, model, figures and (optionally) trajectory.pt; returns metrics.
+                 trajectory: str | None = None) -> dict[str, Any]:
+    """search.csv, the search table, history, model, figures and (optionally) the trajectory file of that
+    name; returns metrics.
 
     The trajectory is `{"parameters": [epochs + 1, P], "hidden": [...], "activation": ...}`, what
     `loss-landscape` reads (it needs `snapshots=True` in `search_and_retrain`).
@@ -183,9 +243,9 @@ def save_outputs(cfg: SearchConfig, run: Run, outcome: Outcome, space: SearchSpa
     run.add_section("Search (validation accuracy; the test set is never used here)", markdown_table(trials))
     if trajectory:
         parameters = torch.stack([outcome.initial, *result.snapshots])  # [epochs + 1, P]
-        atomic_torch_save(run.dir / "trajectory.pt", {"parameters": parameters,
-                                                      "hidden": [params["units"]] * params["layers"],
-                                                      "activation": params.get("activation", "relu")})
+        atomic_torch_save(run.dir / trajectory, {"parameters": parameters,
+                                                 "hidden": [params["units"]] * params["layers"],
+                                                 "activation": params.get("activation", "relu")})
     run.save_history(result.history)
     run.save_model(outcome.model)
     run.note("L2 is applied to weight matrices only, in the search and in the retraining (the source's "
@@ -203,7 +263,8 @@ def save_outputs(cfg: SearchConfig, run: Run, outcome: Outcome, space: SearchSpa
                                                            "test_accuracy": "test accuracy"},
                                  "Accuracy per retraining epoch", "accuracy"), "retrain_accuracy",
                     "Accuracy per retraining epoch", rows=result.history)
-    run.save_figure(plots.scatter_trials(trials, "value", "Search: validation accuracy per trial"), "search",
+    run.save_figure(plots.scatter_trials(trials, "value", "Search: validation accuracy per trial",
+                                         "validation accuracy"), "search",
                     "Validation accuracy of every configuration tried", rows=trials)
 
     final = result.history[-1]

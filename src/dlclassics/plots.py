@@ -12,12 +12,26 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.ticker import MaxNLocator, ScalarFormatter  # noqa: E402
+
+
+def integer_ticks(axes: plt.Axes) -> None:
+    """Whole-number x ticks, for axes that count (epochs, iterations, trials): never "2.5" epochs.
+
+    At most 7 ticks and plain numbers (no "+9.37e4" offset), so six-digit iteration counts stay legible
+    side by side."""
+    axes.xaxis.set_major_locator(MaxNLocator(nbins=6, integer=True))
+    formatter = ScalarFormatter(useOffset=False)
+    formatter.set_scientific(False)
+    axes.xaxis.set_major_formatter(formatter)
 
 
 def curves(rows: Sequence[Mapping[str, Any]], x: str, series: Mapping[str, str], title: str, ylabel: str,
            xlabel: str | None = None, logy: bool = False) -> plt.Figure:
     """Line plot of columns of `rows` (history-style dicts): `series` maps column -> legend label.
-    Columns whose label contains "val" or "test" are dashed, so train/held-out pairs read at a glance."""
+    Columns whose label contains "val" or "test" are dashed, so train/held-out pairs read at a glance.
+    An integer x column (epoch, iteration, step) gets whole-number ticks."""
     figure, axes = plt.subplots(figsize=(6.4, 4.0))
     xs = [row[x] for row in rows]
     for column, label in series.items():
@@ -25,6 +39,8 @@ def curves(rows: Sequence[Mapping[str, Any]], x: str, series: Mapping[str, str],
         axes.plot(xs, [row.get(column, np.nan) for row in rows], style, marker="o" if len(xs) <= 30 else None,
                   markersize=3, label=label)
     axes.set(title=title, xlabel=xlabel or x, ylabel=ylabel)
+    if np.asarray(xs).dtype.kind in "iu":
+        integer_ticks(axes)
     if logy:
         axes.set_yscale("log")
     axes.grid(alpha=0.3)
@@ -94,14 +110,16 @@ def view_classify(images: torch.Tensor, probabilities: torch.Tensor, labels: tor
     return figure
 
 
-def scatter_trials(trials: Sequence[Mapping[str, Any]], value: str, title: str) -> plt.Figure:
-    """A search's objective value per trial, the running best as a step line."""
+def scatter_trials(trials: Sequence[Mapping[str, Any]], value: str, title: str, metric: str) -> plt.Figure:
+    """A search's objective (column `value`, maximised; the y axis is named `metric`, e.g. "validation
+    accuracy") per trial, the running best as a step line."""
     figure, axes = plt.subplots(figsize=(6.4, 4.0))
     numbers = [row["trial"] for row in trials]
     values = [row[value] for row in trials]
     axes.scatter(numbers, values, label="trial")
     axes.step(numbers, np.maximum.accumulate(values), where="post", color="C1", label="best so far")
-    axes.set(title=title, xlabel="trial", ylabel=value)
+    axes.set(title=title, xlabel="trial", ylabel=metric)
+    integer_ticks(axes)
     axes.grid(alpha=0.3)
     axes.legend()
     return figure
@@ -150,4 +168,53 @@ def grouped_bars(rows: Sequence[Mapping[str, Any]], category: str, series: Seque
     axes.set(title=title, xlabel=category, ylabel=ylabel)
     axes.grid(axis="y", alpha=0.3)
     axes.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=len(series), fontsize=8)
+    return figure
+
+
+def histograms(samples: Mapping[str, torch.Tensor | np.ndarray], title: str, xlabel: str, bins: int = 40,
+               logx: bool = False, ylabel: str = "fraction") -> plt.Figure:
+    """Overlaid step histograms of named samples on shared bins, each as fractions of its own size so
+    samples of different sizes compare (geometric bins when `logx`, for values spanning orders of
+    magnitude such as effective sample sizes)."""
+    values = {name: np.asarray(sample, dtype=float) for name, sample in samples.items()}
+    low = min(v.min() for v in values.values())
+    high = max(v.max() for v in values.values())
+    edges = np.geomspace(low, high, bins + 1) if logx else np.linspace(low, high, bins + 1)
+    figure, axes = plt.subplots(figsize=(6.4, 4.0))
+    for name, sample in values.items():
+        axes.hist(sample, edges, weights=np.full(len(sample), 1 / len(sample)), histtype="step", linewidth=1.5,
+                  label=f"{name} ({len(sample):,})")
+    if logx:
+        axes.set_xscale("log")
+    axes.set(title=title, xlabel=xlabel, ylabel=ylabel)
+    axes.grid(alpha=0.3)
+    axes.legend()
+    return figure
+
+
+def class_scatter(points: torch.Tensor | np.ndarray, labels: torch.Tensor | np.ndarray, names: Sequence[str],
+                  title: str, xlabel: str, ylabel: str, shown: int = 1500, seed: int = 0) -> plt.Figure:
+    """2-D points [N, 2] coloured by class (`names[labels[i]]`), such as a latent space.
+
+    Thousands of points hide each other, and drawn class by class the last class covers the rest. So
+    at most `shown` points, picked at random, are drawn in random order; when that leaves some out,
+    a second panel gives the density of all of them (hexagonal bins, log colour scale)."""
+    points, labels = np.asarray(points), np.asarray(labels)
+    order = np.random.default_rng(seed).permutation(len(points))[:shown]
+    dense = len(points) > shown
+    figure, panels = plt.subplots(1, 2 if dense else 1, figsize=(12.0 if dense else 7.0, 5.6), squeeze=False,
+                                  sharex=True, sharey=True)  # the limits of all points, in both panels
+    left = panels[0, 0]
+    colours = plt.get_cmap("tab10")
+    left.scatter(points[order, 0], points[order, 1], s=6, alpha=0.7, c=colours(labels[order] % 10), linewidths=0)
+    left.legend(handles=[Line2D([], [], marker="o", linestyle="", color=colours(index % 10), label=name)
+                         for index, name in enumerate(names)], fontsize=7, loc="best")
+    left.set(title=f"random {len(order):,} of the points" if dense else "all points", xlabel=xlabel, ylabel=ylabel)
+    if dense:
+        right = panels[0, 1]
+        cells = right.hexbin(points[:, 0], points[:, 1], gridsize=35, bins="log", mincnt=1, cmap="viridis")
+        figure.colorbar(cells, ax=right, label="points per cell")
+        right.set(title=f"density of all {len(points):,}", xlabel=xlabel)
+    figure.suptitle(title, fontsize=10)
+    figure.tight_layout()
     return figure

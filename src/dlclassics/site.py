@@ -40,11 +40,12 @@ from markupsafe import Markup, escape
 
 from dlclassics import __version__, registry
 from dlclassics.errors import UsageError
-from dlclassics.runs import INCOMPLETE, format_number
+from dlclassics.runs import CONFIG, HISTORY, INCOMPLETE, METRICS, REPORT, REPORT_PARTS, format_number
 
 SITE = "site"  # the site's folder under the runs root, by default
 MANIFEST = "manifest.json"  # what each run page was built from, so a rebuild renders only what changed
-RUN_FILES = ("config.json", "metrics.json", "references.json", "report.json", "history.csv", "report.md")
+VERDICTS = "references.json"
+RUN_FILES = (CONFIG, METRICS, VERDICTS, REPORT_PARTS, HISTORY, REPORT)  # linked beside each run's page
 ASSETS = ("style.css", "site.js")
 COMPARED_RUNS = 12  # the newest runs an experiment page puts side by side
 HISTORY_CHARTS = 8  # small plots of history.csv columns on a run page
@@ -130,10 +131,10 @@ class RunInfo:
 def read_run(experiment: str, folder: Path, previous: Mapping[str, Any]) -> RunInfo:
     """The run folder's files; `previous` (the old site's manifest entries) spares working out the recipe
     of a run that has not changed, which would import its experiment's module (torch, matplotlib)."""
-    record = read_json(folder / "config.json", dict) or {}
-    references = [ref for ref in read_json(folder / "references.json", list) or [] if isinstance(ref, dict)]
-    run = RunInfo(experiment, folder, record, read_json(folder / "metrics.json", dict), references,
-                  read_json(folder / "report.json", dict) or {}, run_signature(folder))
+    record = read_json(folder / CONFIG, dict) or {}
+    references = [ref for ref in read_json(folder / VERDICTS, list) or [] if isinstance(ref, dict)]
+    run = RunInfo(experiment, folder, record, read_json(folder / METRICS, dict), references,
+                  read_json(folder / REPORT_PARTS, dict) or {}, run_signature(folder))
     known = previous.get(run.key)
     run.unchanged = (isinstance(known, dict) and known.get("signature") == run.signature
                      and isinstance(known.get("recipe"), str))
@@ -159,7 +160,7 @@ def run_folders(root: Path, skip: Path) -> Iterator[tuple[str, Path]]:
             continue
         for folder in sorted(experiment_dir.iterdir()):
             if (folder.is_dir() and not folder.name.startswith(".")
-                    and ((folder / "config.json").is_file() or folder.name.endswith(INCOMPLETE))):
+                    and ((folder / CONFIG).is_file() or folder.name.endswith(INCOMPLETE))):
                 yield experiment_dir.name, folder
 
 
@@ -412,7 +413,7 @@ def write_run_page(env: jinja2.Environment, run: RunInfo, page_dir: Path, common
             (page_dir / "figures").mkdir(exist_ok=True)
             _link_or_copy(run.folder / name, page_dir / name)
     _render(env, "run.html", page_dir / "index.html", root="../../../", run=run, title=title_of(run.experiment),
-            figures=run_figures, history=history_charts(run.folder / "history.csv"), files=shown_files,
+            figures=run_figures, history=history_charts(run.folder / HISTORY), files=shown_files,
             sections=[{"title": str(s.get("title")), "blocks": markdown_blocks(str(s.get("markdown", "")))}
                       for s in run.report.get("sections", []) if isinstance(s, dict)],
             notes=[str(note) for note in run.report.get("notes", [])], **common)

@@ -1,22 +1,33 @@
 """Hyperparameter search through Optuna: random search or TPE, resumable, with parallel workers.
 
-By default the study is a journal file inside the run folder (Optuna's JournalFileBackend: safe
-for several local processes, unlike SQLite with several writers), so a resumed run continues it.
-`--storage URL` takes any Optuna database URL; for PostgreSQL shared by many machines we use a
-small connection pool with pre-ping and heartbeats, so that a killed worker's trial is marked
-failed (and replaced) instead of staying "running" forever.
+A search of `n` trials is `n` slots, queued as waiting trials when the study is created: each carries
+its index 0..n-1 and, when the points are drawn up front, its grid point. Processes take waiting slots
+one at a time until none is left, so exactly `n` trials finish, however many processes share the work.
+A slot whose trial did not finish (Ctrl-C, a killed worker) is queued again with the same index and
+parameters, so a resumed search tries the same points with the same seeds as an uninterrupted one and
+its table has no gap; a trial that fails by its own error (a RunError, such as a diverging loss) keeps
+its slot and is not retried.
 
-Exactly `n_trials` trials finish: each worker runs one trial at a time while fewer are finished
-or running, and a trial that finds, once started, that others already fill the quota is pruned
-as surplus before doing any work (two workers can race for the last place).
+The study is a journal file in the run folder by default (Optuna's JournalFileBackend: safe for
+several local processes). Only this run's processes use it, so a trial still "running" once they have
+all stopped belongs to a dead process. `--storage URL` takes any Optuna database URL; for PostgreSQL
+shared by many machines we use a small connection pool with pre-ping and heartbeats: any process fails
+a trial whose heartbeat stopped and queues its slot again. The study is named after the run; another
+run joins it on purpose with `--study NAME`, and only with the same search (its `signature`).
 """
 
 from __future__ import annotations
 
-import importlib
+import dataclasses
+import json
 import math
 import multiprocessing
 import os
+import signal
+import sys
+import time
+import urllib.parse
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,32 +36,112 @@ import optuna
 import torch
 
 from dlclassics.errors import RunError, UsageError
+from dlclassics.runs import INCOMPLETE, masked_url
 
 Objective = Callable[[optuna.trial.Trial], float]
 # How often a running trial reports it is alive, and after how long without a report it is failed.
 HEARTBEAT_SECONDS = int(os.environ.get("DLCLASSICS_SWEEP_HEARTBEAT", "10"))
 GRACE_SECONDS = int(os.environ.get("DLCLASSICS_SWEEP_GRACE", "30"))
-SURPLUS = "surplus"
-ERROR = "error"
+STOP_SECONDS = 30  # how long stopped workers get to leave their trials in order before they are killed
+INDEX = "index"  # trial user attribute: the slot the trial fills
+SURPLUS = "surplus"  # trial user attribute: taken when no slot was left, pruned before doing any work
+ERROR = "error"  # trial user attribute: the RunError that failed it
+SIGNATURE = "signature"  # study user attribute: what the trials' values depend on
+STATES = optuna.trial.TrialState
 
-optuna.logging.set_verbosity(optuna.logging.WARNING)
+# Our own one line per trial replaces Optuna's log (which prints a traceback for every failed trial).
+optuna.logging.set_verbosity(optuna.logging.ERROR)
 
 
-def open_storage(url: str | None, study_dir: Path) -> optuna.storages.BaseStorage:
-    """The study's storage: a journal file in `study_dir`, or the database at `url`."""
+@dataclasses.dataclass(frozen=True)
+class Search:
+    """What to search: `n_trials` slots, how they are drawn, and what their values depend on.
+
+    `signature` (JSON values: the search space, the data, the training recipe) is recorded in the
+    study; a resumed or joined study with another signature is refused, since its trials would
+    not be this search's. With a finite `grid` and the random sampler, the points are distinct.
+    """
+
+    n_trials: int
+    signature: dict[str, Any]
+    direction: str = "maximize"
+    sampler: str = "random"
+    seed: int = 0
+    grid: dict[str, tuple] | None = None
+    metric: str = "value"  # what the trial lines call the value
+
+
+@dataclasses.dataclass(frozen=True)
+class StudyPlace:
+    """Which study, and where: a journal in `folder`, or the database at `storage_url`."""
+
+    name: str
+    folder: Path
+    storage_url: str | None = None
+    join: bool = False  # join an existing study (refused when there is none) instead of starting or resuming one
+
+    @property
+    def heartbeats(self) -> bool:
+        """Trials in a database send heartbeats (the journal is the run's own: see `_fail_orphans`)."""
+        return self.storage_url is not None
+
+    def describe(self) -> str:
+        where = masked_url(self.storage_url) if self.storage_url else f"{self.folder / 'study.journal'}"
+        return f"study '{self.name}' in {where}"
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerObjective:
+    """How a worker process builds the objective: `build(setup)`.
+
+    Both travel to spawned processes by pickling: `build` must be a module-level function and
+    `setup` plain data (a config dict, the space, where the data is), so that each worker loads
+    its data once and nothing is imported by name.
+    """
+
+    build: Callable[[Any], Objective]
+    setup: Any
+
+
+def own_study_name(experiment: str, folder: Path) -> str:
+    """The study a run starts: named after the experiment and the run id (its folder's name)."""
+    return f"{experiment}-{Path(folder).name.removesuffix(INCOMPLETE)}"
+
+
+def trial_index(trial: optuna.trial.Trial | optuna.trial.FrozenTrial) -> int:
+    """The slot a trial fills: its number in the search table and the offset of its seed."""
+    return trial.user_attrs[INDEX]
+
+
+# ---------------------------------------------------------------- storage and study
+
+def _without_password(text: str, url: str) -> str:
+    password = urllib.parse.urlsplit(url).password
+    if not password:
+        return text
+    return text.replace(password, "***").replace(urllib.parse.unquote(password), "***")
+
+
+def open_storage(url: str | None, folder: Path) -> optuna.storages.BaseStorage:
+    """The study's storage: a journal file in `folder`, or the database at `url`."""
     if url is None:
         from optuna.storages.journal import JournalFileBackend
 
-        study_dir.mkdir(parents=True, exist_ok=True)
-        return optuna.storages.JournalStorage(JournalFileBackend(str(study_dir / "study.journal")))
+        folder.mkdir(parents=True, exist_ok=True)
+        return optuna.storages.JournalStorage(JournalFileBackend(str(folder / "study.journal")))
     if "://" not in url:
-        raise UsageError(f"--storage expects a database URL such as postgresql://user@host/db, got {url!r}")
+        raise UsageError("--storage expects a database URL such as postgresql://user@host/db "
+                         "(the value given has no '://')")
     try:
-        return optuna.storages.RDBStorage(
-            url, engine_kwargs={"pool_size": 2, "max_overflow": 2, "pool_pre_ping": True},
-            heartbeat_interval=HEARTBEAT_SECONDS, grace_period=GRACE_SECONDS)
+        with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna: no warning for each process
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RDBStorage(
+                url, engine_kwargs={"pool_size": 2, "max_overflow": 2, "pool_pre_ping": True},
+                heartbeat_interval=HEARTBEAT_SECONDS, grace_period=GRACE_SECONDS,
+                heartbeat_stale_trial_callback=_queue_again)
     except Exception as exc:  # driver missing, server down, bad credentials: all reach the user as one line
-        raise RunError(f"cannot open the study storage {url}: {str(exc).splitlines()[0]}") from None
+        reason = _without_password(str(exc).splitlines()[0], url)
+        raise RunError(f"cannot open the study storage {masked_url(url)}: {reason}") from None
 
 
 def make_sampler(kind: str, seed: int) -> optuna.samplers.BaseSampler:
@@ -61,24 +152,130 @@ def make_sampler(kind: str, seed: int) -> optuna.samplers.BaseSampler:
     raise UsageError(f"unknown sampler '{kind}'; use random or tpe")
 
 
-def _counts_towards_quota(trial: optuna.trial.FrozenTrial) -> bool:
-    """Finished, running, or failed by its own error (a killed worker's trial gets replaced)."""
-    states = optuna.trial.TrialState
-    if trial.state in (states.COMPLETE, states.RUNNING):
+def _open_study(place: StudyPlace, search: Search) -> optuna.Study:
+    """Start, resume or (with `place.join`) join the study, and check it is this search's."""
+    storage = open_storage(place.storage_url, place.folder)
+    sampler = make_sampler(search.sampler, search.seed)
+    if place.join:
+        try:
+            study = optuna.load_study(study_name=place.name, storage=storage, sampler=sampler)
+        except KeyError:
+            raise UsageError(f"--study: there is no {place.describe()}; give the name another run "
+                             "recorded in its config.json, or leave out --study to start a new study") from None
+    else:
+        study = optuna.create_study(study_name=place.name, storage=storage, direction=search.direction,
+                                    sampler=sampler, load_if_exists=True)
+    wanted = json.loads(json.dumps(search.signature))  # as stored: tuples become lists
+    recorded = study.user_attrs.get(SIGNATURE)
+    if recorded is None:
+        study.set_user_attr(SIGNATURE, wanted)
+    elif recorded != wanted:
+        differ = sorted(key for key in wanted.keys() | recorded.keys() if wanted.get(key) != recorded.get(key))
+        raise UsageError(f"{place.describe()} searches something else (its {', '.join(differ)} differ from this "
+                         "run's options); use the options it was started with, or start a new study")
+    return study
+
+
+# ---------------------------------------------------------------- slots
+
+def distinct_points(grid: dict[str, tuple], n: int, seed: int) -> list[dict[str, Any]]:
+    """Random search without repetition: `n` distinct points of a finite grid (all of it when smaller).
+
+    Optuna's RandomSampler draws with replacement, so on a small grid it tries the same point twice.
+    """
+    sizes = [len(choices) for choices in grid.values()]
+    picks = torch.randperm(math.prod(sizes), generator=torch.Generator().manual_seed(seed))[:n]
+    points = []
+    for flat in picks.tolist():
+        point = {}
+        for (name, choices), size in zip(grid.items(), sizes):
+            flat, index = divmod(flat, size)
+            point[name] = choices[index]
+        points.append(point)
+    return points
+
+
+def _done(trial: optuna.trial.FrozenTrial) -> bool:
+    """Finished, or failed by its own error (not retried)."""
+    return trial.state == STATES.COMPLETE or (trial.state == STATES.FAIL and ERROR in trial.user_attrs)
+
+
+def _holds_slot(trial: optuna.trial.FrozenTrial) -> bool:
+    """Waiting, running or done: the slot needs no new try."""
+    return trial.state in (STATES.WAITING, STATES.RUNNING) or _done(trial)
+
+
+def _slot_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    return [t for t in study.get_trials(deepcopy=False) if INDEX in t.user_attrs]
+
+
+def _queue_slots(study: optuna.Study, search: Search) -> list[int]:
+    """Queue each slot 0..n-1 that no trial holds: again with the parameters of its unfinished try,
+    or new (a distinct grid point in a new random search, else whatever the sampler draws).
+    Returns the slots queued again; they run after the slots that were waiting already."""
+    trials = _slot_trials(study)
+    held = {trial_index(t) for t in trials if _holds_slot(t)}
+    tried = {trial_index(t): t.params for t in trials}
+    points = []
+    if not trials and search.grid is not None and search.sampler == "random":
+        points = distinct_points(search.grid, search.n_trials, search.seed)
+    for index in range(search.n_trials):
+        if index not in held:
+            params = tried.get(index, points[index] if index < len(points) else {})
+            study.enqueue_trial(params, user_attrs={INDEX: index})
+    return sorted(set(tried) - held)
+
+
+def _say_resuming(study: optuna.Study, n_trials: int, again: list[int]) -> None:
+    """"resuming at trial N" when some slots are finished, naming the interrupted ones that run again."""
+    finished = {trial_index(t) for t in _slot_trials(study) if _done(t)}
+    if 0 < len(finished) < n_trials:
+        first = min(set(range(n_trials)) - finished)
+        rerun = f"; interrupted, run again after the waiting ones: {', '.join(map(str, again))}" if again else ""
+        print(f"resuming at trial {first} ({len(finished)} of {n_trials} trials finished{rerun})",
+              file=sys.stderr, flush=True)
+
+
+def _queue_again(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+    """Called for a trial whose heartbeat stopped, by the one process that failed it: queue its slot again."""
+    if INDEX in trial.user_attrs and not any(trial_index(t) == trial_index(trial) and _holds_slot(t)
+                                             for t in _slot_trials(study)):
+        study.enqueue_trial(trial.params, user_attrs={INDEX: trial_index(trial)})
+
+
+def _fail_orphans(study: optuna.Study, heartbeats: bool) -> None:
+    """Fail the trials whose process is gone. A database knows them by their stopped `heartbeats`; in the
+    run's own journal, called while none of the run's processes runs a trial, every running trial is one."""
+    if heartbeats:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)
+        return
+    for trial in study.get_trials(deepcopy=False, states=(STATES.RUNNING,)):
+        study.tell(trial.number, state=STATES.FAIL)
+
+
+# ---------------------------------------------------------------- running trials
+
+def _beaten(study: optuna.Study, trial: optuna.trial.Trial) -> bool:
+    """Whether this trial's slot is filled already: taken from an empty queue (no slot), or another try of
+    the same slot finished or runs with a lower number (two processes queued a slot again at once)."""
+    index = trial.user_attrs.get(INDEX)
+    if index is None:
         return True
-    return trial.state == states.FAIL and ERROR in trial.user_attrs
+    for other in _slot_trials(study):
+        if trial_index(other) != index or other.number == trial.number:
+            continue
+        if _done(other) or (other.state == STATES.RUNNING and other.number < trial.number):
+            return True
+    return False
 
 
-def _quota_filled(study: optuna.Study, before: int | None = None) -> int:
-    return sum(1 for t in study.get_trials(deepcopy=False)
-               if _counts_towards_quota(t) and (before is None or t.number < before))
-
-
-def _guarded(objective: Objective, study: optuna.Study, n_trials: int) -> Objective:
+def _guarded(objective: Objective, study: optuna.Study) -> Objective:
     def run_one(trial: optuna.trial.Trial) -> float:
-        if _quota_filled(study, before=trial.number) >= n_trials:
+        if _beaten(study, trial):
             trial.set_user_attr(SURPLUS, True)
-            raise optuna.TrialPruned("surplus: the quota was filled by other workers")
+            raise optuna.TrialPruned("surplus: the slot is filled already")
         try:
             return objective(trial)
         except RunError as exc:
@@ -87,93 +284,162 @@ def _guarded(objective: Objective, study: optuna.Study, n_trials: int) -> Object
     return run_one
 
 
-def run_trials(study: optuna.Study, objective: Objective, n_trials: int) -> None:
-    """This process's share of the study: one trial at a time until `n_trials` are accounted for."""
-    guarded = _guarded(objective, study, n_trials)
-    for _ in range(3 * n_trials):  # a bound, in case every trial keeps failing
-        if _quota_filled(study) >= n_trials:
+def _trial_line(metric: str) -> Callable[[optuna.Study, optuna.trial.FrozenTrial], None]:
+    """One printed line per finished trial: its index, configuration, value and wall time."""
+    def report(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if INDEX not in trial.user_attrs or SURPLUS in trial.user_attrs:
             return
-        study.optimize(guarded, n_trials=1, catch=(RunError,))
+        config = ", ".join(f"{name}={value}" for name, value in trial.params.items())
+        if trial.state == STATES.COMPLETE:
+            seconds = (trial.datetime_complete - trial.datetime_start).total_seconds()
+            print(f"trial {trial_index(trial)}: {config} -> {metric} {trial.value:.4f} ({seconds:.1f} s)",
+                  file=sys.stderr, flush=True)
+        elif trial.state == STATES.FAIL:
+            print(f"trial {trial_index(trial)}: {config} failed: {trial.user_attrs.get(ERROR)}",
+                  file=sys.stderr, flush=True)
+    return report
 
 
-def _worker(factory_path: str, payload: dict[str, Any], storage_url: str | None, study_dir: str,
-            study_name: str, sampler: str, seed: int, n_trials: int, threads: int) -> None:
-    torch.set_num_threads(threads)
-    module_name, _, function_name = factory_path.rpartition(".")
-    objective = getattr(importlib.import_module(module_name), function_name)(payload)
-    study = optuna.load_study(study_name=study_name, storage=open_storage(storage_url, Path(study_dir)),
-                              sampler=make_sampler(sampler, seed))
-    run_trials(study, objective, n_trials)
+def run_trials(study: optuna.Study, objective: Objective, *, heartbeats: bool = False, metric: str = "value",
+               quiet: bool = False, stop: Any = None) -> None:
+    """This process's share: take waiting slots one at a time until none is left (or `stop` is set).
 
-
-def enqueue_distinct(study: optuna.Study, space: dict[str, tuple], n_trials: int, seed: int) -> None:
-    """Random search without repetition: queue `n_trials` distinct points of a finite grid.
-
-    Optuna's RandomSampler draws with replacement, so on a small grid it tries the same point twice;
-    queued trials are taken by the workers first. Only done for a new study.
+    With `heartbeats` (a database shared by many machines) it also waits for other processes' running
+    trials: if one of them dies, its slot comes back to the queue and is run here.
     """
-    if study.get_trials(deepcopy=False):
-        return
-    sizes = [len(choices) for choices in space.values()]
-    total = math.prod(sizes)
-    picks = torch.randperm(total, generator=torch.Generator().manual_seed(seed))[: min(n_trials, total)]
-    for flat in picks.tolist():
-        point = {}
-        for (name, choices), size in zip(space.items(), sizes):
-            flat, index = divmod(flat, size)
-            point[name] = choices[index]
-        study.enqueue_trial(point)
+    guarded = _guarded(objective, study)
+    callbacks = [] if quiet else [_trial_line(metric)]
+    while stop is None or not stop.is_set():
+        if heartbeats:
+            _fail_orphans(study, heartbeats)
+        states = {t.state for t in _slot_trials(study)}
+        if STATES.WAITING in states:
+            study.optimize(guarded, n_trials=1, catch=(RunError,), callbacks=callbacks)
+        elif STATES.RUNNING in states and heartbeats:
+            time.sleep(HEARTBEAT_SECONDS)
+        else:
+            return
 
 
-def optimize(factory_path: str, payload: dict[str, Any], *, study_dir: Path, study_name: str, n_trials: int,
-             direction: str = "maximize", sampler: str = "random", seed: int = 0, workers: int = 1,
-             storage_url: str | None = None, grid: dict[str, tuple] | None = None) -> optuna.Study:
-    """Create or resume a study and finish `n_trials` trials with `workers` local processes.
+def _interrupt_once(signum: int, frame: Any) -> None:
+    """A worker's Ctrl-C: stop the running trial; ignore the copies that follow (the terminal's and the
+    main process's), so the worker leaves its trial in order instead of dying mid-write."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise KeyboardInterrupt
 
-    `factory_path` names a module-level function `make_objective(payload) -> objective(trial)`;
-    each worker process imports it, so the objective needs no pickling. With a finite `grid` and
-    the random sampler, the points are drawn without repetition.
+
+def _worker(worker_objective: WorkerObjective, search: Search, place: StudyPlace, seed: int, threads: int,
+            quiet: bool, stop: Any) -> None:
+    signal.signal(signal.SIGINT, _interrupt_once)
+    try:
+        if stop.is_set():
+            return
+        torch.set_num_threads(threads)
+        objective = worker_objective.build(worker_objective.setup)
+        study = optuna.load_study(study_name=place.name, storage=open_storage(place.storage_url, place.folder),
+                                  sampler=make_sampler(search.sampler, seed))
+        run_trials(study, objective, heartbeats=place.heartbeats, metric=search.metric, quiet=quiet, stop=stop)
+    except KeyboardInterrupt:
+        pass  # its trial failed and is queued again when the search resumes; the main process says so
+
+
+def _stop_workers(processes: list[Any], stop: Any) -> None:
+    """Ctrl-C reached the main process: stop every worker and wait until each has left its trial in order."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not abandon them mid-write
+    try:
+        stop.set()
+        for process in processes:
+            if process.is_alive():
+                os.kill(process.pid, signal.SIGINT)
+        for process in processes:
+            process.join(STOP_SECONDS)
+            if process.is_alive():
+                process.kill()
+                process.join()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _run_workers(worker_objective: WorkerObjective, search: Search, place: StudyPlace, seed: int, workers: int,
+                 quiet: bool) -> list[int]:
+    """`workers` spawned processes share the study until no slot is waiting; returns their exit codes."""
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    context = multiprocessing.get_context("spawn")
+    stop = context.Event()
+    processes = [context.Process(target=_worker, args=(worker_objective, search, place, seed + rank, threads,
+                                                       quiet, stop))
+                 for rank in range(workers)]
+    # Workers start with Ctrl-C ignored (inherited) until they can stop cleanly: no traceback from an import.
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        for process in processes:
+            process.start()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    try:
+        for process in processes:
+            process.join()
+    except KeyboardInterrupt:
+        _stop_workers(processes, stop)
+        raise
+    return [process.exitcode for process in processes]
+
+
+def optimize(objective: Objective, search: Search, place: StudyPlace, *, workers: int = 1,
+             worker_objective: WorkerObjective | None = None, quiet: bool = False) -> optuna.Study:
+    """Start, resume or join the study and run until all `search.n_trials` slots are filled.
+
+    One worker runs `objective` in this process. More spawn processes that build their own from
+    `worker_objective`; if one of them dies, this process fails its trial and runs the slot itself.
     """
     if workers < 1:
         raise UsageError("--workers must be at least 1")
-    storage = open_storage(storage_url, study_dir)
-    study = optuna.create_study(study_name=study_name, storage=storage, direction=direction,
-                                sampler=make_sampler(sampler, seed), load_if_exists=True)
-    if grid is not None and sampler == "random":
-        enqueue_distinct(study, grid, n_trials, seed)
-    # A resumed study or a second worker must not replay the same random draws: the sampler's seed
+    if workers > 1 and worker_objective is None:
+        raise ValueError("several workers need a worker_objective to build the objective from")
+    study = _open_study(place, search)
+    # A resumed study or another worker must not replay the same random draws: the sampler's seed
     # depends on how many trials exist already and on the worker's rank.
-    seed = seed + 100_003 * len(study.get_trials(deepcopy=False))
-    if workers == 1:
-        module_name, _, function_name = factory_path.rpartition(".")
-        study.sampler = make_sampler(sampler, seed)
-        run_trials(study, getattr(importlib.import_module(module_name), function_name)(payload), n_trials)
-        return study
-    threads = max(1, (os.cpu_count() or 1) // workers)
-    context = multiprocessing.get_context("spawn")
-    processes = [context.Process(target=_worker, args=(factory_path, payload, storage_url, str(study_dir),
-                                                         study_name, sampler, seed + rank, n_trials, threads))
-                 for rank in range(workers)]
-    for process in processes:
-        process.start()
-    for process in processes:
-        process.join()
-    failed = [p.exitcode for p in processes if p.exitcode != 0]
-    if failed:
-        raise RunError(f"{len(failed)} sweep worker(s) exited with an error (exit codes {failed}); "
-                       "re-run with --resume to finish the study")
+    seed = search.seed + 100_003 * len(study.get_trials(deepcopy=False))
+    _fail_orphans(study, place.heartbeats)
+    again = _queue_slots(study, search)
+    if not quiet:
+        _say_resuming(study, search.n_trials, again)
+    if workers > 1:
+        codes = _run_workers(worker_objective, search, place, seed, workers, quiet)
+        dead = [code for code in codes if code != 0]
+        if dead:
+            print(f"{len(dead)} sweep worker(s) stopped early (exit codes {dead}); their trials run again here",
+                  file=sys.stderr, flush=True)
+        _fail_orphans(study, place.heartbeats)
+        _queue_slots(study, search)
+        seed += workers
+    study.sampler = make_sampler(search.sampler, seed)
+    run_trials(study, objective, heartbeats=place.heartbeats, metric=search.metric, quiet=quiet)
     return study
 
 
+# ---------------------------------------------------------------- results
+
 def completed_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
-    return [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
+    """The finished trials, in slot order."""
+    complete = [t for t in _slot_trials(study) if t.state == STATES.COMPLETE]
+    return sorted(complete, key=trial_index)
+
+
+def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial:
+    """The best finished trial; of equal values, the first slot's (the same in a resumed search)."""
+    complete = completed_trials(study)
+    if not complete:
+        raise RunError("no trial of the search finished (every one failed); see the trial lines above")
+    sign = 1.0 if study.direction == optuna.study.StudyDirection.MAXIMIZE else -1.0
+    return max(complete, key=lambda t: (sign * t.value, -trial_index(t)))
 
 
 def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
-    """One row per finished trial: number, parameters, value, wall time and attributes."""
+    """One row per finished trial: its index, parameters, value, wall time and attributes."""
     rows = []
     for trial in completed_trials(study):
         seconds = (trial.datetime_complete - trial.datetime_start).total_seconds()
-        rows.append({"trial": trial.number, **trial.params, "value": trial.value, "seconds": round(seconds, 2),
-                     **{k: v for k, v in trial.user_attrs.items() if k not in (SURPLUS, ERROR)}})
-    return sorted(rows, key=lambda row: row["trial"])
+        rows.append({"trial": trial_index(trial), **trial.params, "value": trial.value, "seconds": round(seconds, 2),
+                     **{k: v for k, v in trial.user_attrs.items() if k not in (INDEX, SURPLUS, ERROR)}})
+    return rows

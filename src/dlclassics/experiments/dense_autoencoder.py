@@ -132,16 +132,8 @@ def save_code_view(run: Run, classes: tuple[str, ...], codes: torch.Tensor, labe
     _, singular, directions = torch.linalg.svd(centred, full_matrices=False)  # directions [64, 64]
     projected = centred @ directions[:2].T  # [N, 2]
     explained = (singular[:2].square().sum() / singular.square().sum()).item()
-    figure, axes = plt.subplots(figsize=(7.0, 5.6))
-    colours = plt.get_cmap("tab10")
-    for cls in labels.unique().tolist():
-        chosen = labels == cls
-        axes.scatter(projected[chosen, 0], projected[chosen, 1], s=4, alpha=0.5, color=colours(cls),
-                     label=classes[cls])
-    axes.set(title=f"64-d codes of {len(codes):,} test images, first two principal components "
-                   f"({explained:.0%} of variance)", xlabel="PC 1", ylabel="PC 2")
-    axes.title.set_fontsize(9)
-    axes.legend(markerscale=4, fontsize=7, loc="best")
+    figure = plots.class_scatter(projected, labels, classes, f"64-d codes of {len(codes):,} test images, first two "
+                                 f"principal components ({explained:.0%} of variance)", "PC 1", "PC 2")
     run.save_figure(figure, "codes_2d", "Codes of test images (PCA to 2D), coloured by class",
                     data={"pc": projected, "labels": labels, "explained": explained})
     return explained

@@ -28,11 +28,19 @@ from dlclassics import plots
 from dlclassics.config import BaseConfig, option
 from dlclassics.data.images import image_datasets, load_for_run
 from dlclassics.engine import seed_everything
+from dlclassics.errors import RunError
 from dlclassics.models.energy import (PARTS, EnergyRegressor, build_energy_task, load_energy_data,
                                       load_energy_weights, mse, predict, save_energy_data, train_energy_regressor)
-from dlclassics.runs import Reference, Run, atomic_torch_save, markdown_table
+from dlclassics.runs import MODEL, Reference, Run, atomic_torch_save, markdown_table
 
 TITLE = "Energy regressor: S0's 14M-parameter MLP and the MSE of its energies (S0 Task 0)"
+
+# What a run writes for `mcmc-sampling --from-run` (a run on generated data writes all of them).
+WEIGHTS = MODEL  # the trained regressor, in S0's weights-file format
+EXACT_ENERGY = "exact_energy.pt"  # the PcaMixtureEnergy the data were drawn from (its state dict)
+TEST_DATA = "energy_test_data.pt"  # the generated test set, in S0's data-file format
+PIXEL_STATS = ("pixel_mean", "pixel_std")  # metrics: the standardisation of pixels the energy lives on
+MIN_SPLIT_EXAMPLES = 10  # a data file alone is split 80/20: both parts need a few examples
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,6 +83,9 @@ def run(cfg: Config, run: Run) -> dict[str, Any]:
     pixels: dict[str, float] = {}
     if cfg.data_file:
         x, energy = load_energy_data(cfg.data_file)
+        if len(x) < MIN_SPLIT_EXAMPLES:
+            raise RunError(f"{cfg.data_file} holds {len(x)} example(s); training on 80% and testing on the rest "
+                           f"needs at least {MIN_SPLIT_EXAMPLES} (or add --set weights_file=... to evaluate weights)")
         order = torch.randperm(len(x), generator=generator)
         cut = int(0.8 * len(x))
         x_train, e_train, x_test, e_test = x[order[:cut]], energy[order[:cut]], x[order[cut:]], energy[order[cut:]]
@@ -85,15 +96,15 @@ def run(cfg: Config, run: Run) -> dict[str, Any]:
                                  mixture_components=cfg.mixture_components, n_train=cfg.n_train, n_test=cfg.n_test,
                                  seed=cfg.seed, generator=generator, fit_images=cfg.fit_images)
         x_train, e_train, x_test, e_test, parts = task.x_train, task.e_train, task.x_test, task.e_test, task.part_test
-        save_energy_data(run.dir / "energy_test_data.pt", x_test, e_test)  # S0's data-file format
-        pixels = {"pixel_mean": task.pixel_mean, "pixel_std": task.pixel_std}  # for mcmc-sampling --from-run
-        atomic_torch_save(run.dir / "exact_energy.pt", task.exact.state_dict())
+        save_energy_data(run.dir / TEST_DATA, x_test, e_test)  # S0's data-file format
+        pixels = dict(zip(PIXEL_STATS, (task.pixel_mean, task.pixel_std)))
+        atomic_torch_save(run.dir / EXACT_ENERGY, task.exact.state_dict())
         run.mark_not_comparable(
             f"S0's data and weights are not available: energies are exact -log p(x) of a {cfg.mixture_components}-"
             f"component Gaussian mixture on the top {cfg.pca_components} principal coordinates of {cfg.dataset} "
             f"(pixels standardised with mean {task.pixel_mean:.4f}, std {task.pixel_std:.4f}) times an isotropic "
             "Gaussian residual; a third each of exact samples, real images and noise-to-sample paths. "
-            "The test set is saved in S0's format as energy_test_data.pt")
+            f"The test set is saved in S0's format as {TEST_DATA}")
 
     if cfg.weights_file:
         model = load_energy_weights(cfg.weights_file).to(run.device)
@@ -106,7 +117,7 @@ def run(cfg: Config, run: Run) -> dict[str, Any]:
             checkpoint=run.checkpoint_path, resume=run.resume, quiet=run.quiet, desc=run.experiment)
         run.save_history(history)
         train_loss = mse(model, x_train, e_train)
-        run.save_model(model)  # S0's weights-file format: a plain EnergyRegressor state dict
+        run.save_model(model, WEIGHTS)  # S0's weights-file format: a plain EnergyRegressor state dict
         run.checkpoint_path.unlink(missing_ok=True)  # 170 MB of Adam state, only needed to resume
     run.add_section("Model", model_summary(model))
 

@@ -28,6 +28,10 @@ from dlclassics.runs import Reference, Run
 
 TITLE = "Fashion-MNIST MLP: random search, then retraining (S1 Problem 2)"
 
+# The parameters after every retraining epoch, for `loss-landscape --from-run`:
+# {"parameters": [epochs + 1, P], "hidden": [...], "activation": ...}
+TRAJECTORY = "trajectory.pt"
+
 # Search spaces: the source's grid (seed) and ours (tuned). Epochs is part of the seed space, as in the source.
 SEARCH_SPACES: dict[str, mlp_search.SearchSpace] = {
     "seed": {"layers": (2, 3, 4, 5, 6), "units": (5, 10, 20, 30, 40),
@@ -42,14 +46,16 @@ SEARCH_SPACES: dict[str, mlp_search.SearchSpace] = {
 
 @dataclasses.dataclass(frozen=True)
 class Config(mlp_search.SearchConfig):
+    SPACES = SEARCH_SPACES
     space: str = option("tuned", "search space: the source's grid or ours", choices=tuple(SEARCH_SPACES))
     trials: int = option(10, "configurations tried by the search (the source needs at least 10)", low=1)
-    final_epochs: int = option(20, "epochs of the retraining on train+val", low=1)
+    epochs: int = option(20, "epochs of the retraining on train+val", low=1)
 
 
-RECIPES = {"seed": {"space": "seed", "trials": 10, "momentum": 0.0, "cosine": False, "final_epochs": 50},
+RECIPES = {"seed": {"space": "seed", "trials": 10, "momentum": 0.0, "cosine": False, "epochs": 50},
            "tuned": {}}
-QUICK = {"limit": 600, "trials": 2, "final_epochs": 2}
+QUICK = {"limit": 600, "trials": 2, "epochs": 2}
+SEARCHED = mlp_search.searched(Config)  # `--set lr=...` says how to fix or narrow lr instead
 
 REFERENCES = [
     Reference("best_val_accuracy", 0.8772, "best validation accuracy of the search", dataset="fashion-mnist",
@@ -63,5 +69,6 @@ REFERENCES = [
 def run(cfg: Config, run: Run) -> dict[str, Any]:
     images = load_for_run(run, cfg.dataset)  # checks the data and notes its source before any work starts
     data = mlp_search.prepared_data(cfg, images, run.device)
-    outcome = mlp_search.search_and_retrain(cfg, run, data, __name__, snapshots=True)
-    return mlp_search.save_outputs(cfg, run, outcome, SEARCH_SPACES[cfg.space], trajectory=True)
+    space = cfg.search_space()
+    outcome = mlp_search.search_and_retrain(cfg, run, data, space, snapshots=True)
+    return mlp_search.save_outputs(cfg, run, outcome, space, trajectory=TRAJECTORY)

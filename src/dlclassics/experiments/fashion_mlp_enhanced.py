@@ -30,9 +30,12 @@ from dlclassics.config import option, resolve
 from dlclassics.data.images import load_for_run
 from dlclassics.errors import UsageError
 from dlclassics.experiments import fashion_mlp
-from dlclassics.runs import Reference, Run, atomic_write_csv, markdown_table, read_finished_run
+from dlclassics.runs import METRICS, Reference, Run, Upstream, atomic_write_csv, markdown_table
 
 TITLE = "Fashion-MNIST MLP with BatchNorm, Dropout and other activations, against fashion-mlp (S1 Problem 2.4)"
+
+# The baseline, finished earlier: its test accuracy (and its history, when there) instead of training it here.
+FROM_RUN = Upstream(("fashion-mlp",), files=(METRICS,), metrics=("test_accuracy",))
 
 ENHANCEMENTS = {"batchnorm": (True, False), "dropout": (0.0, 0.2, 0.3, 0.5),
                 "activation": ("relu", "leaky", "elu", "prelu")}
@@ -46,17 +49,19 @@ SEARCH_SPACES: dict[str, mlp_search.SearchSpace] = {
 
 @dataclasses.dataclass(frozen=True)
 class Config(mlp_search.SearchConfig):
+    SPACES = SEARCH_SPACES
     space: str = option("tuned", "search space: the source's grid or ours", choices=tuple(SEARCH_SPACES))
     trials: int = option(15, "configurations tried by the search (15 in the source)", low=1)
-    final_epochs: int = option(30, "epochs of the retraining on train+val", low=1)
+    epochs: int = option(30, "epochs of the retraining on train+val", low=1)
     baseline: str = option("tuned", "fashion-mlp recipe trained here for the comparison (without --from-run)",
                            choices=("seed", "tuned"))
 
 
-RECIPES = {"seed": {"space": "seed", "trials": 15, "momentum": 0.0, "cosine": False, "final_epochs": 50,
+RECIPES = {"seed": {"space": "seed", "trials": 15, "momentum": 0.0, "cosine": False, "epochs": 50,
                     "baseline": "seed"},
            "tuned": {}}
-QUICK = {"limit": 600, "trials": 2, "final_epochs": 2}
+QUICK = {"limit": 600, "trials": 2, "epochs": 2}
+SEARCHED = mlp_search.searched(Config)  # `--set lr=...` says how to fix or narrow lr instead
 
 REFERENCES = [
     Reference("best_val_accuracy", 0.8871, "best validation accuracy of the search", dataset="fashion-mnist",
@@ -77,8 +82,9 @@ def run(cfg: Config, run: Run) -> dict[str, Any]:
 
     # 2. The enhanced search and retraining, with the same outputs as fashion-mlp (no trajectory:
     #    BatchNorm's running statistics are not parameters, so a landscape of the parameters alone would be wrong).
-    outcome = mlp_search.search_and_retrain(cfg, run, data, __name__)
-    metrics = mlp_search.save_outputs(cfg, run, outcome, SEARCH_SPACES[cfg.space])
+    space = cfg.search_space()
+    outcome = mlp_search.search_and_retrain(cfg, run, data, space)
+    metrics = mlp_search.save_outputs(cfg, run, outcome, space)
 
     # 3. Side by side.
     improvement = metrics["test_accuracy"] - baseline["test_accuracy"]
@@ -101,13 +107,13 @@ def trained_baseline(cfg: Config, run: Run, data: dict[str, torch.Tensor]) -> di
     layers = [fashion_mlp.RECIPES[cfg.baseline], fashion_mlp.QUICK if cfg.quick else {},
               {name: getattr(cfg, name) for name in mlp_search.DATA_FIELDS}]
     baseline_cfg = resolve(fashion_mlp.Config, *layers)
-    outcome = mlp_search.search_and_retrain(baseline_cfg, run, data, fashion_mlp.__name__, study_name="baseline",
+    space = baseline_cfg.search_space()
+    outcome = mlp_search.search_and_retrain(baseline_cfg, run, data, space, study_suffix="-baseline",
                                             checkpoint=run.dir / "baseline-checkpoint.pt")
     atomic_write_csv(run.dir / "baseline-search.csv", outcome.trials)
     run.save_history(outcome.result.history, "baseline-history.csv")
     run.note(f"baseline: fashion-mlp's {cfg.baseline} recipe trained in this run (search "
              f"{outcome.search_time:.0f} s, retraining {outcome.retrain_time:.0f} s); its search is baseline-search.csv")
-    space = fashion_mlp.SEARCH_SPACES[baseline_cfg.space]
     return {"test_accuracy": outcome.result.history[-1]["test_accuracy"], "best_val_accuracy": outcome.best_value,
             "config": {k: outcome.params[k] for k in space if k != "epochs"}, "history": outcome.result.history,
             "source": f"fashion-mlp {cfg.baseline} recipe, trained here"}
@@ -115,8 +121,8 @@ def trained_baseline(cfg: Config, run: Run, data: dict[str, torch.Tensor]) -> di
 
 def finished_baseline(cfg: Config, run: Run) -> dict[str, Any]:
     """The metrics of a finished fashion-mlp run (`--from-run`); a different dataset is refused."""
-    finished = read_finished_run(run.from_run, "fashion-mlp")
-    folder, theirs, metrics = finished.folder, finished.record["config"], finished.metrics()
+    finished = run.from_run
+    folder, theirs, metrics = finished.folder, finished.record.get("config", {}), finished.metrics()
     if theirs.get("dataset") != cfg.dataset:
         raise UsageError(f"--from-run {folder} used {theirs.get('dataset')}, this run {cfg.dataset}; "
                          f"pass --dataset {theirs.get('dataset')} or another fashion-mlp run")

@@ -32,10 +32,11 @@ from dlclassics.engine import fit, seed_everything
 from dlclassics.errors import UsageError
 from dlclassics.experiments import vae
 from dlclassics.models.vae import decoder, elbo, kl_to_standard_normal
-from dlclassics.runs import Reference, Run, atomic_torch_save, markdown_table
+from dlclassics.runs import Reference, Run, Upstream, atomic_torch_save, markdown_table
 
 TITLE = "Latent optimisation (per-example q, no encoder) beside the amortised VAE (S4 Q3)"
 MUST_MATCH = ("dataset", "latent", "hidden", "likelihood", "epochs", "val_fraction", "limit", "seed")
+FROM_RUN = Upstream(("vae",))  # the amortised VAE to compare with; its snapshots are checked when loaded
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,13 +85,13 @@ def run(cfg: Config, run: Run) -> dict[str, Any]:
     generator = seed_everything(cfg.seed)
     data = vae.prepared_data(cfg, run)
     if run.from_run is not None:
-        loaded_cfg, amortised, finished = vae.load_run(run.from_run, run.device)
-        vae_history = finished.history()
+        loaded_cfg, amortised = vae.load_run(run.from_run, run.device)
+        vae_history = run.from_run.history()
         differ = [name for name in MUST_MATCH if getattr(loaded_cfg, name) != getattr(cfg, name)]
         if differ:
-            raise UsageError(f"--from-run {run.from_run} differs in {', '.join(differ)}; pass the same values "
+            raise UsageError(f"--from-run {run.from_run.folder} differs in {', '.join(differ)}; pass the same values "
                              f"(e.g. --set {differ[0]}={getattr(loaded_cfg, differ[0])})")
-        run.note(f"amortised VAE loaded from {run.from_run}")
+        run.note(f"amortised VAE loaded from {run.from_run.folder}")
     else:  # the same data, architecture and training as a `vae` run, in this run's folder
         vae_cfg = vae.Config(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(vae.Config)})
         vae_history = vae.train(vae_cfg, run, data, generator, prefix="vae_")
@@ -109,14 +110,13 @@ def run(cfg: Config, run: Run) -> dict[str, Any]:
         terms = elbo(model.decoder, x, model.mu[index], model.log_sigma[index], continuous)
         return {"loss": -terms["elbo"].mean(), "kl": terms["kl"].mean()}
 
-    def evaluate(model: LatentTable, epoch: int) -> dict[str, float]:
+    def save_snapshot(model: LatentTable, epoch: int, row: dict[str, float]) -> None:
         if epoch in keep:
             atomic_torch_save(run.dir / f"lo_epoch_{epoch}.pt", model.state_dict())
-        return {}
 
     index = torch.arange(len(data["train_x"]), device=run.device)
     result = fit(model, (data["train_x"], index), optimizer=optimizer, epochs=cfg.epochs, batch_size=cfg.batch_size,
-                 generator=generator, step=step, evaluate=evaluate, checkpoint=run.checkpoint_path,
+                 generator=generator, step=step, on_epoch_end=save_snapshot, checkpoint=run.checkpoint_path,
                  resume=run.resume, quiet=run.quiet, desc=run.experiment)
     history = [{**row, **{f"vae_{k}": v for k, v in vae_row.items() if k != "epoch"}}
                for row, vae_row in zip(result.history, vae_history)]

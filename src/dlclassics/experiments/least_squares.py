@@ -17,6 +17,7 @@ beside it. Beyond the source, `condition` makes the features ill-conditioned (se
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 import matplotlib.pyplot as plt
@@ -119,7 +120,16 @@ def run(cfg: Config, run: Run) -> dict[str, Any]:
          for row in sweep]))
     run.save_figure(sweep_figure(sweep), "condition_sweep",
                     "Test MSE and disagreement of the two solvers vs cond(A)", rows=sweep)
-    return result
+    return measured(result, run)
+
+
+def measured(result: dict[str, Any], run: Run) -> dict[str, Any]:
+    """The metrics, with None for the numbers a numerically singular matrix left NaN or infinite (the closed
+    form's failure is a finding here, not a diverged run)."""
+    failed = [name for name, value in result.items() if isinstance(value, float) and not math.isfinite(value)]
+    if failed:
+        run.note(f"not finite on these data (a numerically singular matrix), so not measured: {', '.join(failed)}")
+    return {name: None if name in failed else value for name, value in result.items()}
 
 
 def theta_figure(rows: list[dict[str, Any]]) -> plt.Figure:

@@ -18,8 +18,8 @@ loops over grid points are the idea of this experiment, so they live here, not i
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -33,10 +33,15 @@ from dlclassics.data.images import image_datasets, load_for_run
 from dlclassics.data.transforms import flat_float, subsample
 from dlclassics.engine import evaluate_classifier, fit, flat_parameters, make_optimizer, seed_everything
 from dlclassics.errors import RunError
-from dlclassics.models.mlp import mlp
-from dlclassics.runs import Reference, Run, atomic_torch_save
+from dlclassics.experiments import fashion_mlp
+from dlclassics.models.mlp import ACTIVATIONS, mlp
+from dlclassics.runs import FinishedRun, Reference, Run, Upstream, atomic_torch_save, load_tensor_file
 
 TITLE = "Loss landscape around the SGD trajectory of the Fashion-MNIST MLP (S1 Problem 3)"
+
+# Trained here, the trajectory is written under fashion-mlp's name and format, so either run can be a --from-run.
+TRAJECTORY = fashion_mlp.TRAJECTORY
+FROM_RUN = Upstream(("fashion-mlp", "loss-landscape"), files=(TRAJECTORY,))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,18 +74,29 @@ REFERENCES = [
 ]
 
 
-def load_trajectory(folder: Path) -> dict[str, Any]:
-    """The `trajectory.pt` of a finished fashion-mlp run: parameters [T, P], hidden widths, activation."""
-    path = Path(folder) / "trajectory.pt"
-    if not path.is_file():
-        raise RunError(f"--from-run {folder} has no trajectory.pt; pass the folder of a finished "
-                       "'dlclassics run fashion-mlp' run")
-    saved = torch.load(path, weights_only=True)
-    if not {"parameters", "hidden", "activation"} <= set(saved):
+def load_trajectory(source: FinishedRun) -> dict[str, Any]:
+    """The trajectory of a finished fashion-mlp (or loss-landscape) run: parameters [T, P], hidden widths,
+    activation, and the dataset it was trained on."""
+    saved = source.load(TRAJECTORY, read_trajectory)
+    return {**saved, "dataset": source.record.get("config", {}).get("dataset")}
+
+
+def read_trajectory(path: Path) -> dict[str, Any]:
+    """The trajectory file, checked to describe an MLP 784-hidden-10 and one parameter vector per point."""
+    saved = load_tensor_file(path, "a trajectory {'parameters': [T, P], 'hidden': [...], 'activation': ...}")
+    if not isinstance(saved, Mapping) or not {"parameters", "hidden", "activation"} <= set(saved):
         raise RunError(f"{path} lacks parameters/hidden/activation; it was not written by fashion-mlp")
-    config = Path(folder) / "config.json"
-    saved["dataset"] = json.loads(config.read_text())["config"].get("dataset") if config.is_file() else None
-    return saved
+    hidden, activation, parameters = saved["hidden"], saved["activation"], saved["parameters"]
+    if not (isinstance(hidden, list) and hidden and all(isinstance(w, int) and w > 0 for w in hidden)
+            and activation in ACTIVATIONS):
+        raise RunError(f"{path}: hidden {hidden!r} and activation {activation!r} do not describe an MLP")
+    with torch.device("meta"):  # shapes only: no memory, and the global random state is left alone
+        expected = sum(p.numel() for p in mlp(784, hidden, 10, activation).parameters())
+    if not (isinstance(parameters, torch.Tensor) and parameters.ndim == 2 and parameters.shape[1] == expected):
+        found = list(parameters.shape) if isinstance(parameters, torch.Tensor) else type(parameters).__name__
+        raise RunError(f"{path}: parameters are {found}, but an MLP 784-{'-'.join(map(str, hidden))}-10 needs "
+                       f"[points, {expected}]; the file is inconsistent")
+    return dict(saved)
 
 
 def run(cfg: Config, run: Run) -> dict[str, Any]:
@@ -95,11 +111,7 @@ def run(cfg: Config, run: Run) -> dict[str, Any]:
     if source is not None:
         model = mlp(784, list(source["hidden"]), 10, source["activation"]).to(run.device)
         trajectory = source["parameters"].float()
-        expected = sum(p.numel() for p in model.parameters())
-        if trajectory.shape[1] != expected:
-            raise RunError(f"trajectory has {trajectory.shape[1]} parameters, an MLP 784-"
-                           f"{'-'.join(map(str, source['hidden']))}-10 has {expected}; the file is inconsistent")
-        run.note(f"trajectory: {len(trajectory)} points from {run.from_run}")
+        run.note(f"trajectory: {len(trajectory)} points from {run.from_run.folder}")
         train_time = 0.0
     else:
         model = mlp(784, list(cfg.hidden), 10).to(run.device)
@@ -110,8 +122,8 @@ def run(cfg: Config, run: Run) -> dict[str, Any]:
                      snapshot_parameters=True, quiet=run.quiet, desc=run.experiment)
         train_time = time.perf_counter() - started
         trajectory = torch.stack([initial, *result.snapshots])  # [epochs + 1, P]
-        atomic_torch_save(run.dir / "trajectory.pt", {"parameters": trajectory, "hidden": list(cfg.hidden),
-                                                      "activation": "relu"})
+        atomic_torch_save(run.dir / TRAJECTORY, {"parameters": trajectory, "hidden": list(cfg.hidden),
+                                                 "activation": "relu"})
         run.note(f"trajectory: trained here, {cfg.epochs} SGD epochs (no --from-run given)")
     trajectory = trajectory.to(run.device)
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
-import json
 from typing import Any
 
 import numpy as np
@@ -30,28 +29,32 @@ from dlclassics import plots
 from dlclassics.config import BaseConfig, option
 from dlclassics.data.images import image_datasets, load_for_run
 from dlclassics.engine import seed_everything
-from dlclassics.errors import UsageError
-from dlclassics.experiments.energy_regressor import Config as RegressorConfig
+from dlclassics.experiments import energy_regressor
 from dlclassics.mcmc import Chains, effective_sample_size, freeze, langevin
 from dlclassics.models.energy import (build_energy_task, load_energy_weights, load_exact_energy, standardise,
                                       train_energy_regressor)
-from dlclassics.runs import Reference, Run, markdown_table
+from dlclassics.runs import METRICS, Reference, Run, Upstream, markdown_table
 
 TITLE = "MALA vs ULA sampling from the energy network, timed, with t-SNE views (S0 Task 1)"
+
+# An energy-regressor run on generated data: its network, and the pixel scale its states live on
+# (its exact energy, when there, is used too).
+FROM_RUN = Upstream(("energy-regressor",), files=(energy_regressor.WEIGHTS, METRICS),
+                    metrics=energy_regressor.PIXEL_STATS)
 
 
 @dataclasses.dataclass(frozen=True)
 class Config(BaseConfig):
     tau: float = option(0.01, "Langevin step: x' = x - (tau/2) grad E + sqrt(tau) xi", low=0.0, low_open=True)
     burn_in: int = option(1000, "steps before samples are kept", low=1)
-    n_samples: int = option(1000, "kept steps per chain", low=2)
+    n_samples: int = option(1000, "kept steps per chain (the effective sample size needs 4)", low=4)
     chains: int = option(16, "chains run at once (S0 ran one)", low=1)
     target: str = option("network", "what is sampled: the energy network or the exact energy",
                          choices=("network", "exact"))
     dataset: str = option("fashion-mnist", "images for the exact energy and the t-SNE reference points",
                           choices=image_datasets)
     train_examples: int = option(4000, "regressor training set size when no --from-run is given", low=3)
-    train_epochs: int = option(3, "regressor training epochs when no --from-run is given", low=1)
+    epochs: int = option(3, "regressor training epochs when no --from-run is given", low=1)
     pca_components: int = option(32, "exact energy (no --from-run): principal coordinates of the mixture", low=1,
                                  high=783)
     mixture_components: int = option(10, "exact energy (no --from-run): Gaussian mixture components", low=1)
@@ -61,7 +64,7 @@ class Config(BaseConfig):
 
 
 RECIPES: dict[str, dict[str, Any]] = {"seed": {"chains": 1}, "tuned": {}}
-QUICK = {"burn_in": 5, "n_samples": 10, "chains": 4, "train_examples": 120, "train_epochs": 1, "tsne_points": 30,
+QUICK = {"burn_in": 5, "n_samples": 10, "chains": 4, "train_examples": 120, "epochs": 1, "tsne_points": 30,
          "tsne_iterations": 250,
          "pca_components": 8, "mixture_components": 2, "fit_images": 1000}
 
@@ -80,8 +83,6 @@ def run(cfg: Config, run: Run) -> dict[str, Any]:
     data = load_for_run(run, cfg.dataset)
     network, exact, pixel_mean, pixel_std = energy_source(cfg, run, data, generator)
     reference, _, _ = standardise(data.test_x, pixel_mean, pixel_std)
-    if cfg.target == "exact" and exact is None:
-        raise UsageError(f"--set target=exact needs the exact energy, but {run.from_run} has no exact_energy.pt")
     energy = exact if cfg.target == "exact" else freeze(network)  # exact: float64 inside, float32 states
     run.mark_not_comparable("S0's trained weights are not available: the energy is ours (see models/energy.py); "
                             f"times are for {cfg.chains} chain(s) on {run.device}, S0's for one chain on an Apple GPU")
@@ -115,28 +116,25 @@ def run(cfg: Config, run: Run) -> dict[str, Any]:
 
 def energy_source(cfg: Config, run: Run, data: Any, generator: torch.Generator) -> tuple[Any, Any, float, float]:
     """(energy network, exact energy or None, pixel mean, pixel std) from --from-run or trained here."""
-    if run.from_run is not None:
-        weights = run.from_run / "model.pt"
-        if not weights.is_file():
-            raise UsageError(f"--from-run {run.from_run} has no model.pt; give an energy-regressor run folder")
-        exact_path = run.from_run / "exact_energy.pt"
-        exact = load_exact_energy(exact_path).to(run.device) if exact_path.is_file() else None
-        metrics = json.loads((run.from_run / "metrics.json").read_text())
-        _, mean, std = standardise(data.train_x)
-        run.note(f"energy network from {run.from_run}")
-        return (load_energy_weights(weights).to(run.device), exact, metrics.get("pixel_mean", mean),
-                metrics.get("pixel_std", std))
+    source = run.from_run
+    if source is not None:
+        wants_exact = cfg.target == "exact" or source.has(energy_regressor.EXACT_ENERGY)
+        exact = source.load(energy_regressor.EXACT_ENERGY, load_exact_energy).to(run.device) if wants_exact else None
+        network = source.load(energy_regressor.WEIGHTS, load_energy_weights).to(run.device)
+        pixel_mean, pixel_std = (source.metrics()[key] for key in energy_regressor.PIXEL_STATS)
+        run.note(f"energy network from {source.folder}")
+        return network, exact, pixel_mean, pixel_std
     task = build_energy_task(data.train_x, data.test_x, pca_components=cfg.pca_components,
                              mixture_components=cfg.mixture_components, n_train=cfg.train_examples,
                              n_test=max(3, cfg.train_examples // 10), seed=cfg.seed, generator=generator,
                              fit_images=cfg.fit_images)
-    recipe = RegressorConfig()  # energy-regressor's batch size and learning rate
-    model, _ = train_energy_regressor(task.x_train, task.e_train, epochs=cfg.train_epochs,
+    recipe = energy_regressor.Config()  # energy-regressor's batch size and learning rate
+    model, _ = train_energy_regressor(task.x_train, task.e_train, epochs=cfg.epochs,
                                       batch_size=recipe.batch_size, lr=recipe.lr, generator=generator,
                                       device=run.device, quiet=run.quiet)
     run.save_model(model)
     run.note(f"no --from-run: trained an EnergyRegressor here on {cfg.train_examples:,} generated examples for "
-             f"{cfg.train_epochs} epochs (energy-regressor's exact energy); a longer energy-regressor run gives a "
+             f"{cfg.epochs} epochs (energy-regressor's exact energy); a longer energy-regressor run gives a "
              "better network")
     return model, task.exact.to(run.device), task.pixel_mean, task.pixel_std
 

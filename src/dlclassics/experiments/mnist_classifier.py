@@ -26,7 +26,7 @@ from dlclassics.data.transforms import flat_float, subsample
 from dlclassics.engine import cosine_schedule, evaluate_classifier, fit, held_out, make_optimizer, seed_everything
 from dlclassics.errors import UsageError
 from dlclassics.models.cnn import small_cnn
-from dlclassics.runs import Reference, Run
+from dlclassics.runs import Reference, Run, check_classifier_loss
 
 TITLE = "Small CNN classifier on MNIST (S4 Sec. 2)"
 
@@ -90,6 +90,7 @@ def run(cfg: Config, run: Run) -> dict[str, Any]:
                  batch_size=cfg.batch_size, generator=generator, evaluate=held_out(val_x, val_y, "val", 1024),
                  checkpoint=run.checkpoint_path, resume=run.resume, quiet=run.quiet, desc=run.experiment)
     train_time = time.perf_counter() - started
+    check_classifier_loss(result.history[-1]["train_loss"], len(data.classes))
     run.save_history(result.history)
     run.save_model(model)
 

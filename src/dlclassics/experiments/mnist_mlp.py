@@ -22,7 +22,7 @@ from dlclassics.data.images import image_datasets, load_for_run
 from dlclassics.data.transforms import flat_float, subsample
 from dlclassics.engine import cosine_schedule, evaluate_classifier, fit, held_out, make_optimizer, seed_everything
 from dlclassics.models.mlp import mlp
-from dlclassics.runs import Reference, Run
+from dlclassics.runs import Reference, Run, check_classifier_loss
 
 TITLE = "MLP classifier on MNIST (S3)"
 
@@ -64,6 +64,7 @@ def run(cfg: Config, run: Run) -> dict[str, Any]:
                  batch_size=cfg.batch_size, generator=generator, evaluate=held_out(test_x, test_y, "test"),
                  checkpoint=run.checkpoint_path, resume=run.resume, quiet=run.quiet, desc=run.experiment)
     train_time = time.perf_counter() - started
+    check_classifier_loss(result.history[-1]["train_loss"], len(data.classes))
     run.save_history(result.history)
     run.save_model(model)
 

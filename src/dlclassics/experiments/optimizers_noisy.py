@@ -27,7 +27,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from dlclassics import optim
+from dlclassics import optim, plots
 from dlclassics.config import BaseConfig, option
 from dlclassics.data.linear_regression import LinearData, make_linear_data
 from dlclassics.engine import seed_everything
@@ -183,6 +183,7 @@ def curves_figure(steps: np.ndarray, mean: torch.Tensor, stderr: torch.Tensor, c
         for m, method in enumerate(cfg.methods):
             axis.errorbar(steps, mean[g, m].numpy(), yerr=2.5 * stderr[g, m].numpy(), label=method, capsize=2)
         axis.set(title=f"gamma = {gamma:g}", xlabel="update step", ylabel="test loss")
+        plots.integer_ticks(axis)
         axis.grid(alpha=0.3)
         axis.legend()
     for axis in list(axes.flat)[len(cfg.gammas):]:

@@ -14,6 +14,7 @@ samples go from noise to legible digits. The model is saved at epochs 1, 5, 10, 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +26,9 @@ from dlclassics.data.images import image_datasets, load_for_run
 from dlclassics.data.splits import first_of_each_class, holdout
 from dlclassics.data.transforms import flat_float, subsample
 from dlclassics.engine import fit, make_optimizer, seed_everything
-from dlclassics.errors import UsageError
+from dlclassics.errors import RunError, UsageError
 from dlclassics.models.vae import LIKELIHOODS, VAE, elbo
-from dlclassics.runs import FinishedRun, Reference, Run, atomic_torch_save, read_finished_run
+from dlclassics.runs import FinishedRun, Reference, Run, atomic_torch_save, load_tensor_file
 
 TITLE = "Amortised VAE on MNIST: training, reconstructions, prior samples (S4 Q1-Q2)"
 SNAPSHOTS = (1, 5, 10, 20, 30)
@@ -63,6 +64,12 @@ def snapshot_epochs(epochs: int) -> list[int]:
     return sorted({e for e in SNAPSHOTS if e <= epochs} | {epochs})
 
 
+def snapshot_file(epoch: int, prefix: str = "") -> str:
+    """The file of the weights saved at `epoch`, what `--from-run` consumers load (a prefix keeps them
+    apart from another model's in the same run folder)."""
+    return f"{prefix}model_epoch_{epoch}.pt"
+
+
 def prepared_data(cfg: Config, run: Run) -> dict[str, Any]:
     """Pixels in [0, 1] as [N, 784]: train / validation (held out of the training split) / test."""
     data = load_for_run(run, cfg.dataset)
@@ -91,36 +98,47 @@ def train(cfg: Config, run: Run, data: dict[str, Any], generator: torch.Generato
         model.eval()
         x = data["val_x"]
         terms = elbo(model.decoder, x, *model.encoder(x), continuous)
-        if epoch in keep:
-            atomic_torch_save(run.dir / f"{prefix}model_epoch_{epoch}.pt", model.state_dict())
         return {"val_loss": -terms["elbo"].mean().item(), "val_kl": terms["kl"].mean().item()}
 
+    def save_snapshot(model: VAE, epoch: int, row: dict[str, float]) -> None:
+        if epoch in keep:
+            atomic_torch_save(run.dir / snapshot_file(epoch, prefix), model.state_dict())
+
     result = fit(model, (data["train_x"],), optimizer=optimizer, epochs=cfg.epochs, batch_size=cfg.batch_size,
-                 generator=generator, step=step, evaluate=evaluate,
+                 generator=generator, step=step, evaluate=evaluate, on_epoch_end=save_snapshot,
                  checkpoint=run.checkpoint_path.with_name(f"{prefix}checkpoint.pt"), resume=run.resume,
                  quiet=run.quiet, desc=f"{run.experiment} {prefix}".strip())
     run.save_model(model, f"{prefix}model.pt")
     return result.history
 
 
+def load_snapshot(cfg: Config, device: torch.device, path: Path) -> VAE:
+    """A VAE of `cfg`'s shape with the weights in `path` (weights only: nothing is unpickled), in eval mode."""
+    state = load_tensor_file(path, f"a VAE state dict (latent {cfg.latent}, hidden {cfg.hidden})")
+    model = VAE(cfg.latent, cfg.hidden).to(device)
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, TypeError, AttributeError) as exc:
+        raise RunError(f"{path} does not fit a VAE with latent {cfg.latent} and hidden {cfg.hidden} "
+                       f"({' '.join(str(exc).split())[:200]})") from None
+    return model.eval()
+
+
 def load_snapshots(cfg: Config, folder: Path, device: torch.device, prefix: str = "") -> dict[int, VAE]:
-    """The models saved at the snapshot epochs of a run folder (weights only: nothing is unpickled)."""
-    models = {}
-    for epoch in snapshot_epochs(cfg.epochs):
-        path = Path(folder) / f"{prefix}model_epoch_{epoch}.pt"
-        if not path.is_file():
-            raise UsageError(f"{path} is missing; pass the folder of a finished 'vae' run")
-        model = VAE(cfg.latent, cfg.hidden).to(device)
-        model.load_state_dict(torch.load(path, map_location=device, weights_only=True))
-        models[epoch] = model.eval()
-    return models
+    """The models a run of `cfg` saved at its snapshot epochs into `folder`."""
+    return {epoch: load_snapshot(cfg, device, Path(folder) / snapshot_file(epoch, prefix))
+            for epoch in snapshot_epochs(cfg.epochs)}
 
 
-def load_run(folder: Path, device: torch.device) -> tuple[Config, dict[int, VAE], FinishedRun]:
-    """The config, the snapshot models and the folder record of a finished `vae` run (for `--from-run`)."""
-    finished = read_finished_run(folder, "vae")
-    config = resolve(Config, finished.record["config"])
-    return config, load_snapshots(config, finished.folder, device), finished
+def load_run(finished: FinishedRun, device: torch.device) -> tuple[Config, dict[int, VAE]]:
+    """The config and the snapshot models of a finished `vae` run (`--from-run`); a UsageError names
+    any snapshot that is missing or unreadable."""
+    try:
+        config = resolve(Config, finished.record.get("config", {}))
+    except UsageError as exc:
+        raise UsageError(f"--from-run {finished.folder}: its config.json does not describe a vae run ({exc})") from None
+    read = functools.partial(load_snapshot, config, device)
+    return config, {epoch: finished.load(snapshot_file(epoch), read) for epoch in snapshot_epochs(config.epochs)}
 
 
 @torch.no_grad()

@@ -4,11 +4,13 @@ Source: `../shared/seeds/004_a59f37929212bae1.txt`, Q4: mean log p(train) = -250
 log p(test) = -295.1, and digit "1" the most likely class at about -57.8. We estimate
     log p(x) ~= log (1/K) sum_k p(x|z_k) p(z_k) / q(z_k|x),   z_k ~ q(z|x)
 (importance sampling from the encoder; K = 1 is the ELBO, Burda et al. 2015 go to K = 5000), batched
-over images and samples, with the delta-method standard error of each estimate, in nats and bits per
-dimension, every normalising constant included. The estimates for the smaller K reuse the first K
-of the largest K's samples, so one pass gives the whole convergence table. The sampling loop is the
-idea here, so it is written out (not `engine.fit`). The VAE comes from `--from-run VAE_RUN` or is
-trained here with `vae`'s defaults.
+over images and samples, in nats and bits per dimension, every normalising constant included. The
+estimates for the smaller K reuse the first K of the largest K's samples, so one pass gives the whole
+convergence table. Their Monte Carlo error is measured from independent replicates of the whole
+estimate (see `replicate_stderr`: the encoder's weights are heavy-tailed, and the textbook delta-method
+error is 2x too small), and the effective sample size of the weights is reported per image. The
+sampling loop is the idea here, so it is written out (not `engine.fit`). The VAE comes from
+`--from-run VAE_RUN` or is trained here with `vae`'s defaults.
 
     dlclassics run vae-loglik --from-run runs/vae/<folder>
 """
@@ -30,11 +32,13 @@ from dlclassics.data.images import image_datasets
 from dlclassics.engine import seed_everything
 from dlclassics.errors import UsageError
 from dlclassics.experiments import vae
-from dlclassics.models.vae import (VAE, bits_per_dim, continuous_bernoulli_log_norm, importance_log_weights,
-                                   log_mean_exp_with_stderr, standard_normal_log_density)
-from dlclassics.runs import Reference, Run, markdown_table
+from dlclassics.models.vae import (VAE, bits_per_dim, continuous_bernoulli_log_norm, effective_sample_size,
+                                   importance_log_weights, log_mean_exp_with_stderr, standard_normal_log_density)
+from dlclassics.runs import Reference, Run, Upstream, markdown_table
 
 TITLE = "log p(x) under a VAE by importance sampling (S4 Q4)"
+
+FROM_RUN = Upstream(("vae",))  # its snapshots are checked when loaded (which ones depends on its epochs)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,15 +49,19 @@ class Config(BaseConfig):
     images: int = option(10000, "images per split (train: a fixed random subset; 0 = all)", low=0)
     iwae_samples: int = option(5000, "K of the convergence study on a test subset (the IWAE paper's 5000)", low=1)
     iwae_images: int = option(500, "test images of the convergence study", low=1)
+    error_images: int = option(100, "images per table whose estimate is repeated to measure its Monte Carlo error",
+                               low=1)
+    replicates: int = option(5, "independent estimates of each of those images (the reported one included)", low=2)
     # batch_images * chunk = 2,000 decoder rows per call: ~6 MB of logits stay in cache, which measured
     # ~1.8x faster than 25,000-row calls on this CPU
     batch_images: int = option(100, "images per batch", low=1)
     chunk: int = option(20, "samples per decoder call (batch_images * chunk rows of 784 logits)", low=1)
-    vae_epochs: int = option(30, "epochs of the VAE trained here when no --from-run is given", low=1)
+    epochs: int = option(30, "epochs of the VAE trained here when no --from-run is given", low=1)
 
 
 RECIPES = {"seed": {}, "tuned": {}}  # an estimator, not a training recipe: both are the defaults
-QUICK = {"samples": (1, 10, 50), "images": 100, "iwae_samples": 200, "iwae_images": 20, "vae_epochs": 2}
+QUICK = {"samples": (1, 10, 50), "images": 100, "iwae_samples": 200, "iwae_images": 20, "epochs": 2,
+         "error_images": 20, "replicates": 3}
 
 REFERENCES = [
     Reference("train_logp", -250.7, "mean log p(x), training images (nats)", rule="higher", dataset="mnist"),
@@ -85,28 +93,82 @@ def vae_log_joint(model: VAE, x: torch.Tensor, continuous: bool) -> Callable[[to
     return log_joint
 
 
+@dataclasses.dataclass(frozen=True)
+class Estimates:
+    """Per-image results of one importance-sampling pass with K samples over N images."""
+
+    log_p: torch.Tensor  # [N] log (1/K) sum_k w_k
+    ess: torch.Tensor  # [N] effective sample size of the K weights
+    delta_stderr: torch.Tensor  # [N] sd(w) / (sqrt(K) mean w): too small under heavy tails, kept to show by how much
+
+
 @torch.no_grad()
 def estimate(model: VAE, x: torch.Tensor, counts: tuple[int, ...], cfg: Config, continuous: bool,
-             generator: torch.Generator) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
-    """{K: (log p_hat [N], stderr [N])} for each K, from one draw of max(K) samples per image."""
-    parts: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {k: [] for k in counts}
+             generator: torch.Generator) -> dict[int, Estimates]:
+    """{K: Estimates} for each K, from one draw of max(K) samples per image."""
+    parts: dict[int, list[tuple[torch.Tensor, ...]]] = {k: [] for k in counts}
     for start in range(0, len(x), cfg.batch_images):
         batch = x[start:start + cfg.batch_images]
         mu, log_sigma = model.encoder(batch)
         log_w = importance_log_weights(vae_log_joint(model, batch, continuous), mu, log_sigma, max(counts),
                                        generator, cfg.chunk)  # [K, B]
         for k in counts:
-            parts[k].append(log_mean_exp_with_stderr(log_w[:k]))
-    return {k: (torch.cat([p[0] for p in v]).cpu(), torch.cat([p[1] for p in v]).cpu()) for k, v in parts.items()}
+            log_p, delta_stderr = log_mean_exp_with_stderr(log_w[:k])
+            parts[k].append((log_p, effective_sample_size(log_w[:k]), delta_stderr))
+    return {k: Estimates(*(torch.cat(column).cpu() for column in zip(*batches))) for k, batches in parts.items()}
 
 
-def summary(split: str, k: int, log_p: torch.Tensor, stderr: torch.Tensor) -> dict[str, Any]:
-    """One table row: the mean over images, its Monte Carlo error (from the per-image errors) and its
-    sampling error (which images were drawn), in nats and bits per dimension."""
-    mean = log_p.mean().item()
-    mc = math.sqrt(stderr.square().sum().item()) / len(log_p) if k > 1 else math.nan
-    return {"split": split, "K": k, "mean log p (nats)": mean, "MC s.e.": mc,
-            "s.e. over images": (log_p.std() / math.sqrt(len(log_p))).item(), "bits/dim": bits_per_dim(mean, 784)}
+def replicate_stderr(model: VAE, x: torch.Tensor, counts: tuple[int, ...], cfg: Config, continuous: bool,
+                     reported: dict[int, Estimates], generator: torch.Generator) -> dict[int, torch.Tensor]:
+    """{K: the Monte Carlo standard error [m] of the reported estimate of m = cfg.error_images random images}.
+
+    Each error is the standard deviation over `cfg.replicates` independent estimates with the full K
+    samples: the reported one and replicates - 1 fresh ones, drawn in one vectorised pass over the
+    repeated images from `generator` (not the reported estimate's, so a seed's numbers stay the same).
+
+    Why replicates: the encoder's q(z|x) is narrower than the posterior, so the weights w = p(x, z) / q(z|x)
+    are heavy-tailed (E_q[w^2] huge or infinite; the mean ESS of 1000 MNIST weights is about 12). The
+    delta-method error sd(w) / (sqrt(K) mean w) rests on the sd of the K weights drawn, which usually
+    misses the rare large weights that make up the true one: it claims 0.45 nats per image where seeds
+    scatter by 0.83. A bootstrap over the K weights cannot see an undrawn weight either, and batch means
+    (R groups of K/R) measure a K/R-sample estimate and scale it by 1/sqrt(R), a light-tail rate (0.37).
+    Replicates of the full-K estimate have the reported estimate's distribution by construction, so their
+    variance is unbiased whatever the tails. Repeating a random subset keeps this cheap: the Monte Carlo
+    variance of an N-image mean is mean_i var_i / N, and the subset's mean variance estimates mean_i var_i.
+    """
+    pick = torch.randperm(len(x), generator=generator)[:cfg.error_images]
+    fresh = estimate(model, x[pick].repeat(cfg.replicates - 1, 1), counts, cfg, continuous, generator)
+    return {k: torch.cat([reported[k].log_p[pick].unsqueeze(0),
+                          fresh[k].log_p.reshape(cfg.replicates - 1, len(pick))]).std(0) for k in counts}
+
+
+def rms(values: torch.Tensor) -> float:
+    """Root mean square, the typical size of per-image errors (variances, not standard deviations, average
+    over images)."""
+    return values.square().mean().sqrt().item()
+
+
+def summary(split: str, k: int, reported: Estimates, replicate_sd: torch.Tensor) -> dict[str, Any]:
+    """One table row: the mean over images with two standard errors, the weights' ESS, bits per dimension.
+
+    "MC s.e." is the Monte Carlo error of the mean for these images, what another seed would change
+    (the error to compare two K or two models on the same images): sqrt(mean_i var_i / N), mean_i var_i
+    from the replicates. "s.e. over images" is sd_i(log p_hat_i) / sqrt(N), the error of the mean as an
+    estimate of the mean over all images of the distribution; it already contains the Monte Carlo error,
+    as the estimates spread by the spread of log p(x) plus that of their noise.
+    """
+    count = len(reported.log_p)
+    mean = reported.log_p.mean().item()
+    per_image = rms(replicate_sd)  # sqrt(mean_i var_i)
+    return {"split": split, "K": k, "mean log p (nats)": mean, "MC s.e.": per_image / math.sqrt(count),
+            "s.e. over images": (reported.log_p.std() / math.sqrt(count)).item(),
+            "MC s.e. per image (rms)": per_image, "ESS mean": reported.ess.mean().item(),
+            "ESS min": reported.ess.min().item(), "bits/dim": bits_per_dim(mean, 784)}
+
+
+def _measured(value: float) -> float | None:
+    """None for a mean over no images (NaN here means "not measured"; in metrics.json it would mean diverged)."""
+    return None if math.isnan(value) else value
 
 
 def load_model(cfg: Config, run: Run, generator: torch.Generator) -> tuple[vae.Config, VAE, dict[str, Any]]:
@@ -114,16 +176,17 @@ def load_model(cfg: Config, run: Run, generator: torch.Generator) -> tuple[vae.C
     with the VAE's data splits (so "train" means the images it was trained on)."""
     if run.from_run is None:
         vae_cfg = vae.Config(**{**(vae.QUICK if cfg.quick else {}), "dataset": cfg.dataset,
-                                "epochs": cfg.vae_epochs, "seed": cfg.seed, "device": cfg.device})
+                                "epochs": cfg.epochs, "seed": cfg.seed, "device": cfg.device})
         data = vae.prepared_data(vae_cfg, run)
         vae.train(vae_cfg, run, data, generator)
         return vae_cfg, vae.load_snapshots(vae_cfg, run.dir, run.device)[vae_cfg.epochs], data
-    vae_cfg, models, finished = vae.load_run(run.from_run, run.device)
-    carve = finished.record.get("carve_test", 0.0)
+    vae_cfg, models = vae.load_run(run.from_run, run.device)
+    carve = run.from_run.record.get("carve_test", 0.0)
     if vae_cfg.dataset != cfg.dataset or carve != run.carve_test:
-        raise UsageError(f"--from-run {run.from_run} was trained on {vae_cfg.dataset} with --carve-test {carve}; "
-                         f"pass --dataset {vae_cfg.dataset} --carve-test {carve} so train and test are its splits")
-    run.note(f"VAE loaded from {run.from_run} (epoch {vae_cfg.epochs}, latent {vae_cfg.latent}, "
+        raise UsageError(f"--from-run {run.from_run.folder} was trained on {vae_cfg.dataset} with --carve-test "
+                         f"{carve}; pass --dataset {vae_cfg.dataset} --carve-test {carve} so train and test are its "
+                         "splits")
+    run.note(f"VAE loaded from {run.from_run.folder} (epoch {vae_cfg.epochs}, latent {vae_cfg.latent}, "
              f"hidden {vae_cfg.hidden}, {vae_cfg.likelihood} likelihood)")
     return vae_cfg, models[vae_cfg.epochs], vae.prepared_data(vae_cfg, run)
 
@@ -140,20 +203,29 @@ def run(cfg: Config, run: Run) -> dict[str, Any]:
     splits = {"train": (data["train_x"][pick[:limit]], data["train_y"][pick[:limit]]),
               "test": (data["test_x"][:limit], data["test_y"][:limit])}
 
-    # ---- the main estimates: every K from one draw of max(K) samples per image
-    results, rows, timings = {}, [], {}
+    # ---- the main estimates: every K from one draw of max(K) samples per image; their Monte Carlo errors
+    # from replicates drawn with a second generator, so the estimates are those of the seed alone
+    replicates = torch.Generator().manual_seed(cfg.seed + 1)
+    results, errors, rows, timings = {}, {}, [], {}
     for split, (x, _) in splits.items():
         started = time.perf_counter()
         results[split] = estimate(model, x, cfg.samples, cfg, continuous, generator)
         timings[split] = time.perf_counter() - started
-        rows += [summary(split, k, *results[split][k]) for k in cfg.samples]
+        errors[split] = replicate_stderr(model, x, cfg.samples, cfg, continuous, results[split], replicates)
+        rows += [summary(split, k, results[split][k], errors[split][k]) for k in cfg.samples]
     run.add_section("Estimates", markdown_table(rows) + f"\n\nK = {max(cfg.samples)} on {len(splits['test'][0]):,} "
-                    f"test images took {timings['test']:.1f} s.")
+                    f"test images took {timings['test']:.1f} s. MC s.e.: the Monte Carlo error of the mean (what "
+                    f"another seed changes), from {cfg.replicates} independent estimates of {cfg.error_images} random "
+                    "images per split; s.e. over images: the error as an estimate of the mean over all images of "
+                    "the distribution (it includes the Monte Carlo error); ESS: (sum w)^2 / sum w^2 of an image's "
+                    "K weights, out of K.")
 
     # ---- convergence with K up to the IWAE paper's 5000, on a test subset
     counts = tuple(sorted({k for k in (1, 10, 100, 1000, cfg.iwae_samples) if k <= cfg.iwae_samples}))
-    subset = estimate(model, splits["test"][0][: cfg.iwae_images], counts, cfg, continuous, generator)
-    convergence = [summary("test subset", k, *subset[k]) for k in counts]
+    subset_x = splits["test"][0][: cfg.iwae_images]
+    subset = estimate(model, subset_x, counts, cfg, continuous, generator)
+    subset_errors = replicate_stderr(model, subset_x, counts, cfg, continuous, subset, replicates)
+    convergence = [summary("test subset", k, subset[k], subset_errors[k]) for k in counts]
     figure = plots.curves(convergence, "K", {"mean log p (nats)": "test subset"},
                           f"IS estimate of log p(x) vs K ({cfg.iwae_images} test images)", "mean log p(x) (nats)",
                           xlabel="K (importance samples)")
@@ -161,13 +233,27 @@ def run(cfg: Config, run: Run) -> dict[str, Any]:
     run.save_figure(figure, "convergence",
                     "Importance-sampling estimate against the number of samples (K = 1 is the ELBO)", rows=convergence)
 
-    # ---- per class, at the largest K
+    # ---- the weights' effective sample size, and what the delta method would have claimed, at the largest K
     k = max(cfg.samples)
+    ess = {split: results[split][k].ess for split in splits}
+    run.save_figure(plots.histograms(ess, f"Effective sample size of each image's K = {k} importance weights",
+                                     f"ESS (out of K = {k})", logx=True, ylabel="fraction of images"),
+                    "ess", "Effective sample size of the importance weights per image (log scale)",
+                    data={f"{split}_ess": values for split, values in ess.items()})
+    largest = {row["split"]: row for row in rows if row["K"] == k}
+    test_row = largest["test"]
+    delta_per_image = rms(results["test"][k].delta_stderr)
+    run.note(f"Monte Carlo error per test image at K = {k}: {test_row['MC s.e. per image (rms)']:.2f} nats rms "
+             f"over {cfg.replicates} independent estimates; the delta-method sd(w) / (sqrt(K) mean w) would claim "
+             f"{delta_per_image:.2f}: the weights are heavy-tailed (ESS mean {ess['test'].mean():.1f}, "
+             f"min {ess['test'].min():.1f} of {k})")
+
+    # ---- per class, at the largest K
     per_class = []
     for index, name in enumerate(data["classes"]):
         row: dict[str, Any] = {"class": name}
         for split, (_, y) in splits.items():
-            members = results[split][k][0][y.cpu() == index]
+            members = results[split][k].log_p[y.cpu() == index]
             row[f"{split} mean log p"] = members.mean().item() if len(members) else math.nan
         per_class.append(row)
     run.save_figure(plots.grouped_bars(per_class, "class", ["train mean log p", "test mean log p"],
@@ -177,11 +263,16 @@ def run(cfg: Config, run: Run) -> dict[str, Any]:
     test_means = torch.tensor([row["test mean log p"] for row in per_class])
     best = int(torch.nan_to_num(test_means, nan=-math.inf).argmax())
     run.note(f"most likely class on the test images: {data['classes'][best]} ({test_means[best]:.1f} nats)")
-    means = {split: results[split][k][0].mean().item() for split in splits}
+    means = {split: results[split][k].log_p.mean().item() for split in splits}
     return {"train_logp": means["train"], "test_logp": means["test"],
-            "train_elbo": results["train"][1][0].mean().item() if 1 in cfg.samples else math.nan,
-            "test_elbo": results["test"][1][0].mean().item() if 1 in cfg.samples else math.nan,
+            "train_logp_mc_stderr": largest["train"]["MC s.e."],
+            "test_logp_mc_stderr": test_row["MC s.e."], "test_logp_stderr_over_images": test_row["s.e. over images"],
+            "test_mc_stderr_per_image": test_row["MC s.e. per image (rms)"],
+            "test_delta_stderr_per_image": delta_per_image,
+            "test_ess_mean": ess["test"].mean().item(), "test_ess_min": ess["test"].min().item(),
+            "train_elbo": results["train"][1].log_p.mean().item() if 1 in cfg.samples else None,  # not measured
+            "test_elbo": results["test"][1].log_p.mean().item() if 1 in cfg.samples else None,
             "test_bits_per_dim": bits_per_dim(means["test"], 784), "most_likely_class": best,
-            "class_1_test_logp": per_class[1]["test mean log p"], "test_images": len(splits["test"][0]),
+            "class_1_test_logp": _measured(per_class[1]["test mean log p"]), "test_images": len(splits["test"][0]),
             "k_max": k, "test_estimate_time_s": round(timings["test"], 2),
             "iwae_k_logp": convergence[-1]["mean log p (nats)"]}

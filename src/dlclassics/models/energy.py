@@ -16,9 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import pickle
-import re
-import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -27,7 +24,7 @@ import torch
 from torch import nn
 
 from dlclassics.errors import RunError, UsageError
-from dlclassics.runs import atomic_torch_save
+from dlclassics.runs import atomic_torch_save, load_tensor_file
 
 WIDTHS = (784, 4096, 2048, 1024, 512, 256, 128, 64, 32, 16, 8, 4, 2, 1)
 
@@ -54,21 +51,11 @@ class EnergyRegressor(nn.Module):
 # ---------------------------------------------------------------- the source's two file formats
 
 def _safe_load(path: Path | str, what: str, expected: str) -> Any:
-    """torch.load with weights_only=True; a pickled object or a non-torch file becomes a RunError."""
+    """torch.load with weights_only=True (`runs.load_tensor_file`); a path that does not exist is a usage error."""
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"{what} file {path} does not exist")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
-        if found:
-            raise RunError(f"{path} holds a pickled Python object ({found.group(1)}), not plain tensors; refusing to "
-                           f"unpickle it because that can run arbitrary code. Re-save it as {expected}") from None
-        raise RunError(f"{path} is not a torch.save file of tensors ({what}); expected {expected}") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as exc:
-        raise RunError(f"{path} is not a readable torch.save file ({str(exc).splitlines()[0]}); "
-                       f"expected {expected}") from None
+    return load_tensor_file(path, expected)
 
 
 DATA_FORMAT = "torch.save({'x': float tensor [N, 784], 'energy': float tensor [N, 1]})"
@@ -84,10 +71,17 @@ def load_energy_data(path: Path | str) -> tuple[torch.Tensor, torch.Tensor]:
     x, energy = data["x"], data["energy"]
     if not (isinstance(x, torch.Tensor) and isinstance(energy, torch.Tensor)):
         raise RunError(f"{path}: 'x' and 'energy' must be tensors")
-    if x.ndim != 2 or x.shape[1] != WIDTHS[0] or energy.reshape(len(energy), -1).shape != (len(x), 1):
+    if x.layout != torch.strided or energy.layout != torch.strided:
+        raise RunError(f"{path}: 'x' and 'energy' must be dense tensors; save x.to_dense() and energy.to_dense()")
+    if x.ndim != 2 or x.shape[1] != WIDTHS[0] or energy.shape[:1] != x.shape[:1] or energy.numel() != len(x):
         raise RunError(f"{path}: expected x [N, {WIDTHS[0]}] and energy [N, 1]; found x {list(x.shape)} "
                        f"and energy {list(energy.shape)}")
-    return x.float(), energy.reshape(-1, 1).float()
+    if len(x) == 0:
+        raise RunError(f"{path} holds no examples (x is [0, {WIDTHS[0]}])")
+    x, energy = x.float(), energy.reshape(-1, 1).float()
+    if not (x.isfinite().all() and energy.isfinite().all()):
+        raise RunError(f"{path}: 'x' and 'energy' must hold finite numbers; found NaN or infinity")
+    return x, energy
 
 
 def save_energy_data(path: Path, x: torch.Tensor, energy: torch.Tensor) -> None:
@@ -206,10 +200,19 @@ def fit_pca_mixture(x: torch.Tensor, pca_components: int, mixture_components: in
 
 def load_exact_energy(path: Path) -> PcaMixtureEnergy:
     """A PcaMixtureEnergy saved with `torch.save(energy.state_dict())` (loaded safely)."""
-    state = _safe_load(path, "exact energy", "torch.save(PcaMixtureEnergy.state_dict())")
-    cov = state["chol"] @ state["chol"].transpose(-1, -2)
-    return PcaMixtureEnergy(state["center"], state["basis"], state["log_weights"].exp(), state["means"], cov,
-                            state["residual_var"].item())
+    expected = "torch.save(PcaMixtureEnergy.state_dict())"
+    state = _safe_load(path, "exact energy", expected)
+    keys = {"center", "basis", "log_weights", "means", "chol", "residual_var"}
+    if not isinstance(state, Mapping) or not keys <= set(state):
+        found = sorted(state) if isinstance(state, Mapping) else type(state).__name__
+        raise RunError(f"{path} must hold the keys {', '.join(sorted(keys))}; found {found}. Expected {expected}")
+    try:
+        cov = state["chol"] @ state["chol"].transpose(-1, -2)
+        return PcaMixtureEnergy(state["center"], state["basis"], state["log_weights"].exp(), state["means"], cov,
+                                state["residual_var"].item())
+    except (RuntimeError, TypeError, AttributeError, IndexError) as exc:
+        raise RunError(f"{path} does not describe a PcaMixtureEnergy ({' '.join(str(exc).split())[:200]}); "
+                       f"expected {expected}") from None
 
 
 # ---------------------------------------------------------------- an (x, energy) set for regression

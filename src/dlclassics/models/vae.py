@@ -122,7 +122,10 @@ def log_mean_exp_with_stderr(log_weights: torch.Tensor) -> tuple[torch.Tensor, t
     """The IWAE estimate log (1/K) sum_k w_k per column of [K, B], and its delta-method standard error.
 
     sd(log p_hat) ~= sd(w) / (sqrt(K) mean(w)); in terms of r_k = w_k / mean(w) (computed in log space,
-    so nothing overflows) that is sd(r) / sqrt(K). Undefined (NaN) at K = 1.
+    so nothing overflows) that is sd(r) / sqrt(K). Undefined (NaN) at K = 1. It holds for light-tailed
+    weights only: when q(z|x) is narrower than the posterior, the sample sd(w) of K draws usually
+    misses the rare large weights that make up the true one, and the error comes out too small
+    (`vae-loglik` measures its errors from independent replicates instead).
     """
     count = log_weights.shape[0]
     estimate = torch.logsumexp(log_weights, 0) - math.log(count)
@@ -130,6 +133,17 @@ def log_mean_exp_with_stderr(log_weights: torch.Tensor) -> tuple[torch.Tensor, t
         return estimate, torch.full_like(estimate, math.nan)
     ratios = torch.exp(log_weights - estimate)
     return estimate, ratios.std(0) / math.sqrt(count)
+
+
+def effective_sample_size(log_weights: torch.Tensor) -> torch.Tensor:
+    """Kish's effective sample size (sum_k w_k)^2 / sum_k w_k^2 per column of [K, B], from log weights.
+
+    K when the weights are equal, 1 when one weight carries everything: K / ESS estimates
+    E_q[w^2] / E_q[w]^2, the factor by which importance sampling needs more draws than exact sampling.
+    Computed as exp(2 logsumexp(log w) - logsumexp(2 log w)), so no weight is ever exponentiated.
+    Under heavy tails it errs high: the rare huge weights that would lower it are the ones not drawn.
+    """
+    return torch.exp(2 * torch.logsumexp(log_weights, 0) - torch.logsumexp(2 * log_weights, 0))
 
 
 def bits_per_dim(log_p: float, dims: int) -> float:

@@ -1,0 +1,79 @@
+"""Every registered experiment runs end to end at --quick size on generated data (so none can be added
+without a test), every experiment that builds on another run (--from-run) runs on its producer's run,
+and (marked slow) every experiment runs on two processes (--nproc 2)."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from conftest import generated_image_data, run_quick
+from dlclassics import registry
+
+# experiment -> the experiment whose finished run it reads with --from-run
+PRODUCERS = {"fashion-mlp-enhanced": "fashion-mlp", "latent-optimization": "vae", "vae-loglik": "vae",
+             "loss-landscape": "fashion-mlp", "mcmc-sampling": "energy-regressor"}
+
+QuickRun = Callable[..., Path]
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[QuickRun]:
+    """`quick_run(experiment, producer=None)`: the folder of a --quick run (on a run of `producer` when
+    given), made once for this module, so a producer's run serves its own test and its consumers'."""
+    root = tmp_path_factory.mktemp("smoke")
+    made: dict[tuple[str, str | None], Path] = {}
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        data = generated_image_data(root, monkeypatch)
+
+        def run(experiment: str, producer: str | None = None) -> Path:
+            if (experiment, producer) not in made:
+                extra = ("--from-run", str(run(producer))) if producer else ()
+                out = root / "runs" / (f"from-{producer}" if producer else "alone")
+                made[experiment, producer] = run_quick(experiment, data, out, *extra)
+            return made[experiment, producer]
+
+        yield run
+
+
+def check_run_folder(folder: Path) -> None:
+    """What every finished run folder holds: the figures its report shows, finite metrics, the verdicts,
+    its config, and no temporary files."""
+    report = (folder / "report.md").read_text()
+    figures = re.findall(r"\]\((figures/[^)]+\.png)\)", report)
+    assert all((folder / figure).is_file() for figure in figures), figures
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert all(math.isfinite(value) for value in metrics.values() if isinstance(value, float)), metrics
+    assert isinstance(json.loads((folder / "references.json").read_text()), list)
+    assert json.loads((folder / "config.json").read_text())["experiment"] == folder.parent.name
+    assert not [path for path in folder.rglob("*") if path.name.endswith(".tmp")]
+
+
+@pytest.mark.parametrize("experiment", list(registry.EXPERIMENTS))
+def test_every_experiment_runs_quick(experiment: str, quick_run: QuickRun) -> None:
+    check_run_folder(quick_run(experiment))
+
+
+@pytest.mark.parametrize("experiment, producer", sorted(PRODUCERS.items()))
+def test_every_consumer_runs_on_its_producers_run(experiment: str, producer: str, quick_run: QuickRun) -> None:
+    folder = quick_run(experiment, producer)
+    check_run_folder(folder)
+    assert str(quick_run(producer)) in (folder / "report.md").read_text()  # the report names what it built on
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("experiment", list(registry.EXPERIMENTS))
+def test_every_experiment_runs_on_two_processes(experiment: str, image_data_dir_for_processes: Path,
+                                                tmp_path: Path) -> None:
+    folder = run_quick(experiment, image_data_dir_for_processes, tmp_path / "runs", "--nproc", "2")
+    check_run_folder(folder)
+    assert json.loads((folder / "config.json").read_text())["world_size"] == 2
+
+
+def test_producers_name_registered_experiments() -> None:
+    assert set(PRODUCERS) | set(PRODUCERS.values()) <= set(registry.EXPERIMENTS)
