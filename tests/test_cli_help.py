@@ -46,3 +46,14 @@ def test_list_does_not_import_torch_or_the_experiments():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("\n") == len(registry.EXPERIMENTS)
+
+
+def test_results_table_names_the_data_of_each_row(image_data_dir, tmp_path, capsys):
+    """`runs --markdown` (the README's results rows): a run per dataset, each row saying which data it measured."""
+    for dataset in ("mnist", "fashion-mnist"):
+        assert main(["run", "mnist-mlp", "--quick", "--quiet", "--dataset", dataset, "--data-dir", str(image_data_dir),
+                     "--out", str(tmp_path / "r")]) == 0
+    capsys.readouterr()
+    assert main(["runs", "--markdown", "--out", str(tmp_path / "r")]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| mnist-mlp |")]
+    assert {row.split(" | ")[1] for row in rows} == {"mnist, --quick size", "fashion-mnist, --quick size"}

@@ -330,23 +330,40 @@ def command_runs(args: argparse.Namespace) -> int:
 
 
 def results_table(rows: list[dict[str, Any]]) -> str:
-    """One Markdown row per reference of the newest run of each experiment (rows are newest first)."""
+    """One Markdown row per reference of the newest run of each experiment on each kind of data (rows are
+    newest first): a run on carved MNIST and one on Fashion-MNIST both get their rows, each naming its data."""
     from dlclassics.runs import format_number
 
-    lines = ["| experiment | what | source | ours | verdict | wall time | machine |", "|---|---|---|---|---|---|---|"]
+    lines = ["| experiment | data | what | source | ours | verdict | wall time | machine |",
+             "|---|---|---|---|---|---|---|---|"]
     seen = set()
     for row in rows:
         folder = Path(row["path"])
-        if row["experiment"] in seen or not (folder / "references.json").is_file():
+        if not (folder / "references.json").is_file():
             continue
-        seen.add(row["experiment"])
         record = json.loads((folder / "config.json").read_text())
+        data = data_label(record)
+        if (row["experiment"], data) in seen:
+            continue
+        seen.add((row["experiment"], data))
         machine = f"{record['machine']['processor']}, {record['machine']['cpu_count']} cores, {record['device']}"
         for ref in json.loads((folder / "references.json").read_text()):
-            lines.append(f"| {row['experiment']} | {ref['what']} | {format_number(ref['source'])} | "
+            lines.append(f"| {row['experiment']} | {data} | {ref['what']} | {format_number(ref['source'])} | "
                          f"{format_number(ref['ours'])} | {ref['verdict']} | "
                          f"{row['metrics']['wall_time_s']:.0f} s | {machine} |")
     return "\n".join(lines)
+
+
+def data_label(record: dict[str, Any]) -> str:
+    """The data a run measured on, from its config.json: the dataset, and how it differs from the official one."""
+    label = record["config"].get("dataset") or "generated"
+    if record.get("carve_test"):
+        label += f", train/test carved from one split ({record['carve_test']} test)"
+    if record.get("data_checks", "").startswith("unverified"):
+        label += ", unverified files"
+    if record["config"].get("quick"):
+        label += ", --quick size"
+    return label
 
 
 def command_report(args: argparse.Namespace) -> int:
