@@ -38,4 +38,4 @@ if ! .venv/bin/dlclassics data status fashion-mnist | grep -q " ok "; then
     exit 1
   fi
 fi
-exec .venv/bin/dlclassics run fashion-mlp --quiet "${@:2}"
+exec .venv/bin/dlclassics run fashion-mlp "${@:2}"

@@ -4,6 +4,7 @@
 import argparse
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -57,3 +58,10 @@ def test_results_table_names_the_data_of_each_row(image_data_dir, tmp_path, caps
     assert main(["runs", "--markdown", "--out", str(tmp_path / "r")]) == 0
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| mnist-mlp |")]
     assert {row.split(" | ")[1] for row in rows} == {"mnist, --quick size", "fashion-mnist, --quick size"}
+
+
+def test_the_quickstart_run_shows_progress():
+    """The first command used to pass --quiet and print nothing for its whole run."""
+    script = (Path(__file__).resolve().parents[1] / "scripts" / "quickstart.sh").read_text()
+    (run_line,) = [line for line in script.splitlines() if "dlclassics run" in line and line.startswith("exec")]
+    assert "--quiet" not in run_line
