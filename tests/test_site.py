@@ -25,11 +25,14 @@ HOSTILE = "<script>window.pwned = 1</script>"
 
 
 def fake_run(root: Path, name: str, experiment: str = "mnist-mlp", config: dict | None = None,
-             metrics: dict | None = None, report: dict | None = None, finished: bool = True) -> Path:
-    """A run folder as `dlclassics run` writes one (config.json first; the rest only once it finished)."""
+             metrics: dict | None = None, report: dict | None = None, finished: bool = True,
+             ended: str | None = None) -> Path:
+    """A run folder as `dlclassics run` writes one (config.json first; the rest only once it finished).
+    `ended`: how its last part ended (interrupted, failed), as config.json records it."""
     folder = root / experiment / name
     atomic_write_json(folder / "config.json", {"experiment": experiment, "config": config or {"dataset": "mnist"},
-                                               "git_commit": "0123456789abcdef", "started": f"2026-01-01T{name[-8:]}"})
+                                               "git_commit": "0123456789abcdef", "started": f"2026-01-01T{name[-8:]}",
+                                               "parts": [{"ended": ended}] if ended else []})
     (folder / "figures").mkdir()
     (folder / "figures" / "loss.png").write_bytes(b"\x89PNG not decoded by these tests")
     atomic_write_text(folder / "figures" / "loss.csv", "epoch,loss\n1,0.5\n")
@@ -70,19 +73,25 @@ def test_incomplete_and_failed_runs_are_never_shown_as_finished(tmp_path):
     runs = tmp_path / "runs"
     fake_run(runs, "20260101-000001-aaaaaa")
     incomplete = fake_run(runs, "20260101-000002-bbbbbb.incomplete", finished=False)
-    failed = fake_run(runs, "20260101-000003-cccccc", finished=False)
+    interrupted = fake_run(runs, "20260101-000003-cccccc.incomplete", finished=False, ended="interrupted")
+    failed = fake_run(runs, "20260101-000004-dddddd.incomplete", finished=False, ended="failed")
+    damaged = fake_run(runs, "20260101-000005-eeeeee", finished=False)
     index = site.build(runs)
     rows = {line.split('href="runs/mnist-mlp/')[1].split("/")[0]: line
             for line in index.read_text().split("<tr ")[1:] if 'href="runs/mnist-mlp/' in line}
-    assert ">finished<" in rows["20260101-000001-aaaaaa"]
-    assert ">incomplete<" in rows[incomplete.name] and ">finished<" not in rows[incomplete.name]
-    assert ">failed<" in rows[failed.name] and ">finished<" not in rows[failed.name]
-    assert "Incomplete run." in page(index, incomplete) and "Failed run." in page(index, failed)
+    statuses = {"20260101-000001-aaaaaa": "finished", incomplete.name: "incomplete", interrupted.name: "incomplete",
+                failed.name: "failed", damaged.name: "failed"}
+    for name, status in statuses.items():
+        assert f">{status}<" in rows[name] and (status == "finished") == (">finished<" in rows[name]), name
+    assert "Incomplete run:" in page(index, incomplete) and "still running, or it was killed" in page(index, incomplete)
+    assert "It was interrupted; continue it with: dlclassics run mnist-mlp --resume" in page(index, interrupted)
+    assert "Failed run:" in page(index, failed) and "stopped on an error" in page(index, failed)
+    assert "no readable metrics.json" in page(index, damaged)
     assert "Loss per epoch" not in page(index, incomplete)  # no report.json yet: captions from file names
     assert 'alt="loss"' in page(index, incomplete)
     experiment_page = (index.parent / "experiments" / "mnist-mlp.html").read_text()
     recipes = experiment_page.split("Seed against tuned")[1].split("</table>")[0]
-    assert '<th scope="row">custom</th><td class="num">1</td>' in recipes  # one finished run, not three
+    assert '<th scope="row">custom</th><td class="num">1</td>' in recipes  # one finished run, not five
 
 
 def test_rebuild_renders_only_changed_runs_and_drops_removed_ones(tmp_path):

@@ -88,11 +88,31 @@ class RunInfo:
 
     @property
     def status(self) -> str:
-        """finished, incomplete (still `*.incomplete`: running, interrupted or killed) or failed (a final
-        name but no readable metrics.json). Only a finished run's numbers are final."""
+        """finished; failed (stopped on an error and kept to be resumed, or no readable metrics.json); or
+        incomplete (running, interrupted or killed). Only a finished run's numbers are final."""
         if self.name.endswith(INCOMPLETE):
-            return "incomplete"
+            return "failed" if self.ended == "failed" else "incomplete"
         return "failed" if self.metrics is None else "finished"
+
+    @property
+    def ended(self) -> str | None:
+        """How the run's last part ended, as config.json records it: interrupted, failed, finished, or
+        nothing yet (running, or killed)."""
+        parts = self.record.get("parts")
+        last = parts[-1] if isinstance(parts, list) and parts else None
+        return last.get("ended") if isinstance(last, dict) else None
+
+    @property
+    def status_note(self) -> str:
+        """Why a run is not finished, for the banner on its page."""
+        resume = f"dlclassics run {self.experiment} --resume {self.folder}"
+        if not self.name.endswith(INCOMPLETE):
+            return "Its folder has no readable metrics.json: the file is missing or damaged."
+        if self.ended == "failed":
+            return f"It stopped on an error (see the message it printed); after fixing the cause: {resume}"
+        if self.ended == "interrupted":
+            return f"It was interrupted; continue it with: {resume}"
+        return f"It is still running, or it was killed; a killed run continues with: {resume}"
 
     @property
     def config(self) -> dict[str, Any]:
