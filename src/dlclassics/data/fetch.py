@@ -42,7 +42,7 @@ def download(url: str) -> bytes:
     return body
 
 
-def _already_verified(spec: DatasetSpec, folder: Path, entry: DataFile) -> bool:
+def already_verified(spec: DatasetSpec, folder: Path, entry: DataFile) -> bool:
     path = file_path(folder, entry)
     if path is None:
         return False
@@ -54,8 +54,11 @@ def _already_verified(spec: DatasetSpec, folder: Path, entry: DataFile) -> bool:
 
 
 def _download_verified(spec: DatasetSpec, folder: Path, entry: DataFile, url: str) -> None:
-    """Download `url` to a temporary file in `folder`, verify it, then rename it to `<name>.gz`."""
-    body = download(url)
+    keep_verified(spec, folder, entry, download(url))
+
+
+def keep_verified(spec: DatasetSpec, folder: Path, entry: DataFile, body: bytes) -> None:
+    """Write `body` to a temporary file in `folder`, verify it, then rename it to `<name>.gz`."""
     fd, temporary = tempfile.mkstemp(dir=folder, prefix=f".{entry.name}.", suffix=".part")
     try:
         with os.fdopen(fd, "wb") as handle:
@@ -77,8 +80,11 @@ def fetch(name: str, target: Path | None = None) -> Path:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise RunError(f"cannot create {folder} ({exc.strerror}); pass --to a writable folder") from None
+    if spec.archive is not None:  # one archive holds every file: fetched whole, read safely, each file verified
+        from dlclassics.data.archives import fetch_archive
+        return fetch_archive(spec, folder)
     for entry in spec.files:
-        if _already_verified(spec, folder, entry):
+        if already_verified(spec, folder, entry):
             continue
         failures = []
         for base in mirrors_for(spec):

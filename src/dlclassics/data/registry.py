@@ -32,7 +32,7 @@ from dlclassics.errors import RunError, UsageError
 CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "dlclassics"
 SYSTEM_DIRS: tuple[Path, ...] = (Path("/usr/share/datasets"),)
 # The modules that declare datasets, imported on first use of the registry (one per file format).
-FORMAT_MODULES = ("dlclassics.data.images",)
+FORMAT_MODULES = ("dlclassics.data.images", "dlclassics.data.ratings")
 DATASETS: dict[str, DatasetSpec] = {}
 
 
@@ -66,6 +66,7 @@ class DatasetSpec:
     mirrors: tuple[str, ...] = ()  # base URLs holding `<file name>.gz`
     folder_aliases: tuple[str, ...] = ()  # other folder names it is found under (e.g. mnist-t10k)
     install_hint: str = ""
+    archive: tuple[str, str | None] | None = None  # (name on the mirrors, its md5) of a zip/tar holding the files
 
     @property
     def splits(self) -> tuple[str, ...]:
