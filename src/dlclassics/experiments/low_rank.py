@@ -21,7 +21,9 @@ approximation) and the report says so. A k above the matrix's numerical rank is 
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import time
+from pathlib import Path
 from typing import Any
 
 import matplotlib.pyplot as plt
@@ -136,16 +138,20 @@ def movielens_matrix(cfg: Config, run: Run, generator: torch.Generator) -> torch
 
 
 def photo_matrix(cfg: Config, run: Run, generator: torch.Generator) -> torch.Tensor:
-    """A photograph shipped inside scikit-learn, grey (ITU-R 601 luma), in [0, 1]."""
-    try:
-        from sklearn.datasets import load_sample_image
+    """A photograph shipped inside scikit-learn's wheel, grey (ITU-R 601 luma), in [0, 1]. Read with Pillow
+    from the package folder: importing sklearn.datasets would take seconds."""
+    from PIL import Image
 
-        rgb = load_sample_image(cfg.photo)
-    except (ImportError, OSError) as exc:
-        raise RunError(f"cannot load the photograph {cfg.photo} from scikit-learn ({exc}); install scikit-learn and "
-                       "Pillow, or drop 'photo' with --set matrices=gaussian,decaying,movielens") from None
-    weights = torch.tensor([0.299, 0.587, 0.114], dtype=torch.float64)
-    return torch.from_numpy(rgb.astype(np.float64)) @ weights / 255.0
+    package = importlib.util.find_spec("sklearn")
+    path = Path(package.origin).parent / "datasets" / "images" / cfg.photo if package and package.origin else None
+    try:
+        with Image.open(path) as image:  # type: ignore[arg-type]
+            rgb = np.asarray(image.convert("RGB"), dtype=np.float64)
+    except (OSError, TypeError) as exc:
+        raise RunError(f"cannot read the photograph {cfg.photo} shipped with scikit-learn ({exc}); install "
+                       "scikit-learn, or drop 'photo' with --set matrices=gaussian,decaying,movielens") from None
+    run.note(f"photo: {path} ({rgb.shape[0]} x {rgb.shape[1]}, grey)")
+    return torch.from_numpy(rgb) @ torch.tensor([0.299, 0.587, 0.114], dtype=torch.float64) / 255.0
 
 
 BUILDERS = {"gaussian": gaussian_matrix, "decaying": decaying_matrix, "movielens": movielens_matrix,
@@ -184,7 +190,8 @@ def check_rank(name: str, matrix: torch.Tensor, left: torch.Tensor, singular: to
             "discarded": discarded.item() / total.item(),
             "deviation": ((error - discarded).abs() / total).item(),
             **{f"best_{kind}": value for kind, value in lowest.items()},
-            "best_competitor_ratio": (all_errors.min() / error).item() if error > 0 else None,
+            # None when the SVD's error is rounding (k at or above the rank): no ratio to speak of.
+            "best_competitor_ratio": (all_errors.min() / error).item() if error > 1e-12 * total else None,
             "competitors_better": better}
 
 

@@ -34,36 +34,40 @@ import torch
 
 from dlclassics.data.ratings import Ratings
 
-CHUNK = 1 << 20  # ratings per gather of [chunk, rank] factor rows
+CHUNK = 1 << 16  # ratings per gather of [chunk, rank] factor rows (a few MB)
 
 
 # ---------------------------------------------------------------- shared algebra
 
 class RatingMatrix:
     """The training ratings as a CSR matrix [rows, cols] seen from one side (users x items or items x
-    users): the pattern is built once, the values (targets) change every half-step."""
+    users): the pattern is built once, the values (targets) change every half-step. Within a row the
+    ratings keep their original order (the product does not need sorted columns); indices are int32,
+    so the pattern costs 8 bytes per rating."""
 
     def __init__(self, rows: torch.Tensor, cols: torch.Tensor, n_rows: int, n_cols: int) -> None:
-        order = torch.argsort(rows * n_cols + cols)
+        order = torch.argsort(rows, stable=True)
         self.counts = torch.bincount(rows, minlength=n_rows)  # ratings per row
         self.order = order.to(torch.int32)  # rating index of each CSR slot
         self.crow = torch.cat([self.counts.new_zeros(1), self.counts.cumsum(0)]).to(torch.int32)
         self.col = cols[order].to(torch.int32)
         self.shape = (n_rows, n_cols)
 
-    def csr(self, values: torch.Tensor) -> torch.Tensor:
-        """The sparse matrix holding `values` (one per rating, in the ratings' order)."""
+    def _csr(self, slot_values: torch.Tensor) -> torch.Tensor:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
-            return torch.sparse_csr_tensor(self.crow, self.col, values[self.order], size=self.shape,
-                                           check_invariants=False)
+            return torch.sparse_csr_tensor(self.crow, self.col, slot_values, size=self.shape, check_invariants=False)
+
+    def csr(self, values: torch.Tensor) -> torch.Tensor:
+        """The sparse matrix holding `values` (one per rating, in the ratings' order)."""
+        return self._csr(values[self.order])
 
     def gram(self, features: torch.Tensor) -> torch.Tensor:
         """[rows, k, k]: sum over each row's ratings of f f^T, with f the rated column's features [cols, k]."""
         k = features.shape[1]
         outer = (features[:, :, None] * features[:, None, :]).reshape(-1, k * k)  # [cols, k*k]
-        ones = torch.ones(len(self.order), dtype=features.dtype)
-        return (self.csr(ones) @ outer).reshape(-1, k, k)
+        pattern = self._csr(torch.ones(len(self.order), dtype=features.dtype))  # who rated what
+        return (pattern @ outer).reshape(-1, k, k)
 
     def weighted_sum(self, targets: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
         """[rows, k]: sum over each row's ratings of target * f."""
