@@ -63,11 +63,17 @@ class RatingMatrix:
         return self._csr(values[self.order])
 
     def gram(self, features: torch.Tensor) -> torch.Tensor:
-        """[rows, k, k]: sum over each row's ratings of f f^T, with f the rated column's features [cols, k]."""
+        """[rows, k, k]: sum over each row's ratings of f f^T, with f the rated column's features [cols, k].
+        Only the upper triangle's k (k + 1) / 2 entries go through the sparse product (half the work)."""
         k = features.shape[1]
-        outer = (features[:, :, None] * features[:, None, :]).reshape(-1, k * k)  # [cols, k*k]
+        upper_i, upper_j = torch.triu_indices(k, k)
+        outer = features[:, upper_i] * features[:, upper_j]  # [cols, k(k+1)/2]
         pattern = self._csr(torch.ones(len(self.order), dtype=features.dtype))  # who rated what
-        return (pattern @ outer).reshape(-1, k, k)
+        upper = pattern @ outer  # [rows, k(k+1)/2]
+        gram = features.new_empty(self.shape[0], k, k)
+        gram[:, upper_i, upper_j] = upper
+        gram[:, upper_j, upper_i] = upper
+        return gram
 
     def weighted_sum(self, targets: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
         """[rows, k]: sum over each row's ratings of target * f."""
