@@ -31,11 +31,15 @@ EXPERIMENTS: dict[str, str] = {
     "latent-optimization": "dlclassics.experiments.latent_optimization",
     "vae-loglik": "dlclassics.experiments.vae_loglik",
     "topic-vae": "dlclassics.experiments.topic_vae",
+    "autoencoder-vs-pca": "dlclassics.experiments.autoencoder_vs_pca",
     # C. Optimisation and initialisation
     "least-squares": "dlclassics.experiments.least_squares",
     "optimizers-noisy": "dlclassics.experiments.optimizers_noisy",
     "he-init": "dlclassics.experiments.he_init",
     "loss-landscape": "dlclassics.experiments.loss_landscape",
+    # D. Recommenders and low rank
+    "movielens": "dlclassics.experiments.movielens",
+    "low-rank": "dlclassics.experiments.low_rank",
     # E. Energy model and sampling
     "energy-regressor": "dlclassics.experiments.energy_regressor",
     "mcmc-sampling": "dlclassics.experiments.mcmc_sampling",

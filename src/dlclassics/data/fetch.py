@@ -58,7 +58,7 @@ def is_html(content_type: str, head: bytes) -> bool:
     return "html" in content_type.lower() or head.lstrip()[:15].lower().startswith((b"<!doctype", b"<html"))
 
 
-def _already_verified(spec: DatasetSpec, folder: Path, entry: DataFile) -> bool:
+def already_verified(spec: DatasetSpec, folder: Path, entry: DataFile) -> bool:
     path = file_path(folder, entry)
     if path is None:
         return False
@@ -70,8 +70,11 @@ def _already_verified(spec: DatasetSpec, folder: Path, entry: DataFile) -> bool:
 
 
 def _download_verified(spec: DatasetSpec, folder: Path, entry: DataFile, url: str) -> None:
-    """Download `url` to a temporary file in `folder`, verify it, then rename it to `<name>.gz`."""
-    body = download(url)
+    keep_verified(spec, folder, entry, download(url))
+
+
+def keep_verified(spec: DatasetSpec, folder: Path, entry: DataFile, body: bytes) -> None:
+    """Write `body` to a temporary file in `folder`, verify it, then rename it to `<name>.gz`."""
     fd, temporary = tempfile.mkstemp(dir=folder, prefix=f".{entry.name}.", suffix=".part")
     try:
         with os.fdopen(fd, "wb") as handle:
@@ -92,8 +95,12 @@ def fetch(name: str, target: Path | None = None) -> Path:
     if not spec.mirrors and not os.environ.get("DLCLASSICS_MIRROR"):
         raise RunError(f"'{name}' has no download location; {spec.install_hint}")
     _writable(folder)
+    if spec.zip_archive is not None:  # one archive holds every file: fetched whole, read safely, each file verified
+        from dlclassics.data.archives import fetch_archive as fetch_zip_archive
+
+        return fetch_zip_archive(spec, folder)
     for entry in spec.files:
-        if _already_verified(spec, folder, entry):
+        if already_verified(spec, folder, entry):
             continue
         failures = []
         for base in mirrors_for(spec):
@@ -121,7 +128,7 @@ def _writable(folder: Path) -> Path:
 def fetch_archive(spec: DatasetSpec, archive: Archive, folder: Path) -> Path:
     """The dataset's files in `folder`, from the official archive: the copy already there under its official
     name, else a download (`$DLCLASSICS_MIRROR/<name>` first when set, then the official URL)."""
-    if all(_already_verified(spec, folder, entry) for entry in spec.files):
+    if all(already_verified(spec, folder, entry) for entry in spec.files):
         return folder
     local = folder / archive.name
     if local.is_file():

@@ -34,7 +34,8 @@ from dlclassics.errors import RunError, UsageError
 CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "dlclassics"
 SYSTEM_DIRS: tuple[Path, ...] = (Path("/usr/share/datasets"),)
 # The modules that declare datasets, imported on first use of the registry (one per file format).
-FORMAT_MODULES = ("dlclassics.data.images", "dlclassics.data.cifar", "dlclassics.data.text")
+FORMAT_MODULES = ("dlclassics.data.images", "dlclassics.data.cifar", "dlclassics.data.text",
+                  "dlclassics.data.ratings")
 DATASETS: dict[str, DatasetSpec] = {}
 
 
@@ -82,6 +83,8 @@ class DatasetSpec:
     system_folders: tuple[str, ...] = ()  # where a system package installs it (e.g. /usr/share/man)
     install_hint: str = ""
     archive: Archive | None = None  # when the files are published inside one archive (fetched by `data fetch`)
+    # A zip or tar published with only its md5 (MovieLens): its files are read out of it one by one.
+    zip_archive: tuple[str, str | None] | None = None  # (name on the mirrors, its md5)
 
     @property
     def splits(self) -> tuple[str, ...]:
