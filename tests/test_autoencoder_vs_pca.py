@@ -86,6 +86,7 @@ def test_autoencoder_vs_pca_quick(image_data_dir, tmp_path):
     metrics = json.loads((folder / "metrics.json").read_text())
     assert metrics["linear_gap_max"] <= 1.5  # the tuned rule: trained until within target_gap of PCA...
     assert metrics["linear_iterations_h8"] < 300  # ...and no longer
+    assert all(metrics[f"relu_iterations_h{h}"] <= metrics[f"linear_iterations_h{h}"] for h in (8, 16))  # same budget
     for name in ("linear", "relu", "pca"):
         assert (folder / "figures" / f"grid_{name}.png").is_file()
     assert "max_angle_deg" in (folder / "report.md").read_text()

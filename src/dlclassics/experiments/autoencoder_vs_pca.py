@@ -12,8 +12,10 @@ smallest of any rank-h affine map (Eckart-Young), so the source's linear autoenc
 0.0166/0.0088/0.0039, had not converged. The seed recipe reproduces the source's 500 iterations; the
 tuned one trains each autoencoder until its training error is within `target_gap` (1%) of PCA's, at a
 higher learning rate, up to `iterations`; it reports the principal angles between the linear
-decoder's columns and the PCA basis (0 when the autoencoder has found PCA's subspace). PCA is the
-library's estimator (`methods/pca.py`), fitted on the same training images.
+decoder's columns and the PCA basis (0 when the autoencoder has found PCA's subspace). The ReLU
+autoencoder gets the same number of steps as the linear one of its h (the same budget; it stops
+earlier if it gets as close to PCA), and is compared on test error too. PCA is the library's
+estimator (`methods/pca.py`), fitted on the same training images.
 
     dlclassics run autoencoder-vs-pca --data-dir ../shared/datasets --carve-test 0.2
     dlclassics run autoencoder-vs-pca --recipe seed --data-dir ../shared/datasets --carve-test 0.2
@@ -88,12 +90,14 @@ def run(cfg: Config, run: Run) -> dict[str, Any]:
         pca_train, pca_test = pca.reconstruction_error(train_x), pca.reconstruction_error(test_x)
         reconstructions["pca"].append(pca.inverse_transform(pca.transform(train_x[shown])))
         row: dict[str, Any] = {"h": h, "pca_train_mse": pca_train, "pca_test_mse": pca_test}
-        for name, (activation, output) in MODELS.items():
+        budget = cfg.iterations
+        for name, (activation, output) in MODELS.items():  # linear first: its iterations are the ReLU's budget
             torch.manual_seed(cfg.seed + h)  # the same initial weights for a given h, whatever ran before
             model = DenseAutoencoder((train_x.shape[1], h), activation, output).to(run.device)
             started = time.perf_counter()
-            losses = train_full_batch(model, train_x, cfg.lr, cfg.iterations, (1 + cfg.target_gap) * pca_train
+            losses = train_full_batch(model, train_x, cfg.lr, budget, (1 + cfg.target_gap) * pca_train
                                       if cfg.target_gap > 0 else None)
+            budget = len(losses)
             row.update({f"{name}_train_mse": losses[-1], f"{name}_test_mse": reconstruction_error(model, test_x),
                         f"{name}_iterations": len(losses), f"{name}_time_s": round(time.perf_counter() - started, 2)})
             with torch.no_grad():

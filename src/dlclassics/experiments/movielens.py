@@ -223,7 +223,8 @@ def save_fold_figure(run: Run, rows: list[dict[str, Any]], models: list[str]) ->
     figure = plots.grouped_bars(list(by_fold.values()), "fold", models, "Test RMSE per fold", "RMSE")
     axes = figure.axes[0]
     axes.axhline(SURPRISE[0][1], color="black", linestyle="--", linewidth=1)
-    axes.text(0.0, SURPRISE[0][1], " Surprise SVD++ (mean)", va="bottom", fontsize=8)
+    axes.text(0.99, SURPRISE[0][1], "Surprise SVD++ (mean)", transform=axes.get_yaxis_transform(), ha="right",
+              va="bottom", fontsize=8)
     low = min(row["rmse"] for row in rows)
     axes.set_ylim(low - 0.05, max(row["rmse"] for row in rows) + 0.02)
     run.save_figure(figure, "five_fold_rmse", "Test RMSE per fold and model (dashed: Surprise's best mean)",

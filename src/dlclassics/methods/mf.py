@@ -13,8 +13,8 @@ features F [n_other, k] fixed and targets t, user u solves
     (sum_{i rated by u} f_i f_i^T + Lambda) x_u = sum_{i rated by u} t_ui f_i.
 
 For all users at once the left sides are one sparse-dense product, the [users, items] 0/1 CSR matrix
-of who rated what times the [items, k*k] matrix of the items' outer products f_i f_i^T, and the right
-sides the CSR matrix of targets times F. No [ratings, k, k] tensor is ever built: the work is
+of who rated what times the [items, k(k+1)/2] matrix of the upper triangles of the items' outer
+products f_i f_i^T, and the right sides the CSR matrix of targets times F. No [ratings, k, k] tensor is ever built: the work is
 ratings x k^2 multiply-adds in the sparse kernel plus one batched Cholesky, and the memory beyond the
 ratings is the two CSR index arrays (8 bytes per rating for each side) and a target per rating.
 
