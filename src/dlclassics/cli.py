@@ -64,7 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--workers", type=bounded_int(1, MAX_WORKERS), default=1,
                      help=f"local processes for hyperparameter searches (1 to {MAX_WORKERS})")
     run.add_argument("--storage", help="Optuna database URL shared by workers on many machines")
-    run.add_argument("--from-run", type=Path, help="an earlier run folder this experiment builds on")
+    run.add_argument("--from-run", "--backbone-run", dest="from_run", type=Path,
+                     help="an earlier run folder this experiment builds on (cifar-transfer: its backbone)")
+    run.add_argument("--weights", help="a pretrained weights file (cifar-transfer: torchvision's AlexNet)")
     run.add_argument("--dry-run", action="store_true", help="print the resolved config and stop")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -102,7 +104,7 @@ def bounded_int(low: int, high: int) -> Any:
 
 def config_layers(module: Any, args: argparse.Namespace) -> list[dict[str, Any]]:
     """Override layers in precedence order: recipe, quick size, TOML file, shortcut flags, --set."""
-    shortcuts = {name: getattr(args, name) for name in ("dataset", "epochs", "seed", "device")
+    shortcuts = {name: getattr(args, name) for name in ("dataset", "epochs", "seed", "device", "weights")
                  if getattr(args, name) is not None}
     return [module.RECIPES.get(args.recipe, {}),
             {**module.QUICK, "quick": True} if args.quick else {},

@@ -21,6 +21,8 @@ EXPERIMENTS: dict[str, str] = {
     "mnist-classifier": "dlclassics.experiments.mnist_classifier",
     "fashion-mlp": "dlclassics.experiments.fashion_mlp",
     "fashion-mlp-enhanced": "dlclassics.experiments.fashion_mlp_enhanced",
+    "cifar-transfer": "dlclassics.experiments.cifar_transfer",
+    "fgsm": "dlclassics.experiments.fgsm",
     # B. Representation learning and generative models
     "dense-autoencoder": "dlclassics.experiments.dense_autoencoder",
     "vae": "dlclassics.experiments.vae",
