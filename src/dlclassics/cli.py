@@ -76,7 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--study", metavar="NAME",
                      help="join this existing study in --storage (the name another run printed and recorded) "
                           "instead of starting the run's own")
-    run.add_argument("--from-run", type=Path, help="an earlier run folder this experiment builds on")
+    run.add_argument("--from-run", "--backbone-run", dest="from_run", type=Path,
+                     help="an earlier run folder this experiment builds on (cifar-transfer: its backbone)")
+    run.add_argument("--weights", help="a pretrained weights file (cifar-transfer: torchvision's AlexNet)")
     run.add_argument("--dry-run", action="store_true", help="print the resolved config and stop")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     run.add_argument("--no-site", action="store_true", help="do not refresh the results site (OUT/site) at the end")
@@ -124,7 +126,7 @@ def bounded_int(low: int, high: int) -> Any:
 
 def config_layers(module: Any, args: argparse.Namespace) -> list[dict[str, Any]]:
     """Override layers in precedence order: recipe, quick size, TOML file, shortcut flags, --set."""
-    shortcuts = {name: getattr(args, name) for name in ("dataset", "epochs", "seed", "device")
+    shortcuts = {name: getattr(args, name) for name in ("dataset", "epochs", "seed", "device", "weights")
                  if getattr(args, name) is not None}
     return [module.RECIPES.get(args.recipe, {}),
             {**module.QUICK, "quick": True} if args.quick else {},

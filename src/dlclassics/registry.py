@@ -25,6 +25,8 @@ EXPERIMENTS: dict[str, str] = {
     "cifar-mlp": "dlclassics.experiments.cifar_mlp",
     "cifar-cnn": "dlclassics.experiments.cifar_cnn",
     "cifar-lenet-search": "dlclassics.experiments.cifar_lenet_search",
+    "cifar-transfer": "dlclassics.experiments.cifar_transfer",
+    "fgsm": "dlclassics.experiments.fgsm",
     # B. Representation learning and generative models
     "dense-autoencoder": "dlclassics.experiments.dense_autoencoder",
     "vae": "dlclassics.experiments.vae",
