@@ -255,8 +255,4 @@ def load(name: str, data_dir: Path | None = None, carve_test: float = 0.0, unver
 
 def load_for_run(run: Any, name: str) -> ImageData:
     """`load` for a run: the data's source noted, the run marked not comparable when the data is not CIFAR-10's."""
-    data = load(name, run.data_dir, run.carve_test, run.unverified)
-    run.note(f"data: {name} from {data.source} ({len(data.train_x):,} train, {len(data.test_x):,} test images)")
-    if not data.comparable:
-        run.mark_not_comparable(data.note)
-    return data
+    return images.noted(run, name, load(name, run.data_dir, run.carve_test, run.unverified))
