@@ -114,24 +114,28 @@ def train_one(cfg: Config, params: dict[str, int], prepared: Prepared, seed: int
     return model, result.history
 
 
-def make_objective(payload: dict[str, Any]) -> sweep.Objective:
-    """The search objective (module-level: sweep workers import it): draw o1..o4, train on the training part,
-    keep the model and its curves in the run's `trials/` folder, return the validation accuracy."""
-    cfg = resolve(Config, payload["config"])
-    prepared = prepare(cfg, cifar.load(cfg.dataset, payload["data_dir"], payload["carve_test"], payload["unverified"]))
-    folder = Trials(Path(payload["trials_dir"]))
+def objective(cfg: Config, prepared: Prepared, folder: Trials) -> sweep.Objective:
+    """The search objective: draw o1..o4, train on the training part, keep the model and its curves in the
+    run's `trials/` folder, return the validation accuracy."""
 
     def objective(trial: optuna.trial.Trial) -> float:
         params = {name: trial.suggest_int(name, low, high) for name, (low, high) in SPACE.items()}
-        # Each trial has its own seed, whichever worker runs it.
-        model, history = train_one(cfg, params, prepared, cfg.seed + trial.number)
+        index = sweep.trial_index(trial)  # the trial's slot: its seed offset and row, whichever worker runs it
+        model, history = train_one(cfg, params, prepared, cfg.seed + index)
         train = evaluate_classifier(model, prepared.split.train_x, prepared.split.train_y, 1024)
         trial.set_user_attr("train_accuracy", round(train["accuracy"], 5))
         trial.set_user_attr("val_loss", round(history[-1]["val_loss"], 5))
-        folder.save(trial.number, model, history)
+        folder.save(index, model, history)
         return history[-1]["val_accuracy"]
 
     return objective
+
+
+def worker_objective(payload: dict[str, Any]) -> sweep.Objective:
+    """The objective of a sweep worker process (module-level, built from plain data), on the data it loads once."""
+    cfg = resolve(Config, payload["config"])
+    data = cifar.load(cfg.dataset, payload["data_dir"], payload["carve_test"], payload["unverified"])
+    return objective(cfg, prepare(cfg, data), Trials(Path(payload["trials_dir"])))
 
 
 @dataclasses.dataclass
@@ -157,24 +161,29 @@ def run(cfg: Config, run: Run) -> dict[str, Any]:
     trials = Trials(run.dir / "trials")
     payload = {"config": dataclasses.asdict(cfg), "data_dir": str(run.data_dir) if run.data_dir else None,
                "carve_test": run.carve_test, "unverified": run.unverified, "trials_dir": str(trials.folder)}
+    prepared = prepare(cfg, data)
+    own = sweep.own_study_name(run.experiment, run.dir)
+    place = sweep.StudyPlace(run.study or own, run.dir, run.storage, join=(run.study or own) != own)
+    signature = {"space": {name: list(bounds) for name, bounds in SPACE.items()},
+                 **{k: v for k, v in payload["config"].items() if k != "device"}}
+    plan = sweep.Search(cfg.trials, signature, sampler=cfg.sampler, seed=cfg.seed, metric="validation accuracy")
     started = time.perf_counter()
-    study = sweep.optimize(f"{__name__}.make_objective", payload, study_dir=run.dir, study_name="search",
-                           n_trials=cfg.trials, sampler=cfg.sampler, seed=cfg.seed, workers=run.workers,
-                           storage_url=run.storage)
+    study = sweep.optimize(objective(cfg, prepared, trials), plan, place, workers=run.workers,
+                           worker_objective=sweep.WorkerObjective(worker_objective, payload), quiet=run.quiet)
     search_time = time.perf_counter() - started
     rows = sweep.trial_rows(study)
-    best = study.best_trial
+    best = sweep.best_trial(study)
+    best_index = sweep.trial_index(best)
 
-    prepared = prepare(cfg, data)
     split = prepared.split
     model = prepared.model(best.params)
-    model.load_state_dict(torch.load(trials.path(best.number, "pt"), weights_only=True))
+    model.load_state_dict(torch.load(trials.path(best_index, "pt"), weights_only=True))
     test = evaluate_classifier(model, split.test_x, split.test_y, 1024)
     run.save_model(model)
-    save_outputs(run, rows, {row["trial"]: trials.history(row["trial"]) for row in rows}, best.number)
+    save_outputs(run, rows, {row["trial"]: trials.history(row["trial"]) for row in rows}, best_index)
     run.note(f"{len(split.train_x):,} training and {len(split.val_x):,} validation images (held out of the "
              f"training split) for the search; the test set ({len(split.test_x):,}) is scored once, for trial "
-             f"{best.number}")
+             f"{best_index}")
     return {"test_accuracy": test["accuracy"], "test_loss": test["loss"], "best_val_accuracy": best.value,
             "train_accuracy": best.user_attrs["train_accuracy"],
             "best_config": ", ".join(f"{name} {best.params[name]}" for name in SPACE),
@@ -204,5 +213,6 @@ def save_outputs(run: Run, rows: list[dict[str, Any]], histories: dict[int, list
                                  f"Chosen configuration (trial {best})", "accuracy"),
                     "best_curves", "Training and validation accuracy of the chosen configuration",
                     rows=histories[best])
-    run.save_figure(plots.scatter_trials(rows, "value", "Search: validation accuracy per trial"), "search",
+    run.save_figure(plots.scatter_trials(rows, "value", "Search: validation accuracy per trial",
+                                         "validation accuracy"), "search",
                     "Validation accuracy of every configuration tried", rows=rows)
