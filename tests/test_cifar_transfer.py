@@ -106,7 +106,7 @@ def _small_problem():
     shape = ImageShape(1, 28, 10)
     cfg = resolve(mnist_classifier.Config, {"channels": (4, 8), "hidden": 16})
     classifier = rebuild("mnist-classifier", cfg, {}, shape)
-    backbone = cifar_transfer.Backbone("test CNN", classifier.backbone(), classifier.feature_size,
+    backbone = cifar_transfer.Backbone("test CNN", "noise", classifier.backbone(), classifier.feature_size,
                                        lambda: rebuild("mnist-classifier", cfg, {}, shape).backbone(), 28)
     x, y = torch.rand(100, 1, 28, 28), torch.randint(0, 10, (100,))
     target = cifar_transfer.Target(x[:60], y[:60], x[60:], y[60:], 10)

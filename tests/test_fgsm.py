@@ -66,6 +66,7 @@ def test_pgd_is_at_least_as_strong_as_fgsm_at_every_epsilon(trained):
     assert by_pgd[0] == by_fgsm[0]
     assert (by_pgd <= by_fgsm).all(), (by_pgd, by_fgsm)
     assert by_pgd[-1] < by_fgsm[0]  # and it does damage
+    assert (by_pgd[1:] <= by_pgd[:-1]).all()  # fooled in a small ball is fooled in every larger one
 
 
 def test_pgd_stays_in_the_epsilon_ball_and_the_pixel_range(trained, monkeypatch):

@@ -32,7 +32,7 @@ def test_eckart_young_identity_to_1e_6_and_no_competitor_wins(shape):
         assert row["deviation"] < 1e-6 * 1e-6  # relative to ||A||^2: float64 rounding, far below the 1e-6 goal
         assert row["competitors_better"] == 0
         if k < min(shape):
-            assert row["best_competitor_ratio"] > 1.0
+            assert row["best_competitor_excess"] > 0.0
     assert row["svd_error"] < 1e-20  # k = min(shape): the matrix itself
 
 
@@ -41,7 +41,7 @@ def test_a_rank_deficient_matrix_has_zero_error_above_its_rank():
     matrix = torch.randn(20, 3, generator=generator, dtype=torch.float64) @ torch.randn(3, 15, generator=generator,
                                                                                       dtype=torch.float64)
     row = check_rank("rank3", matrix, *_svd(matrix), 5, Config(competitors=3), generator, None)
-    assert row["svd_error"] < 1e-25 and row["best_competitor_ratio"] is None  # no ratio to a zero error
+    assert row["svd_error"] < 1e-25 and row["best_competitor_excess"] is None  # no ratio to a zero error
 
 
 def test_als_on_the_observed_entries_does_not_beat_the_svd():

@@ -233,6 +233,7 @@ def test_als_half_steps_never_increase_the_objective():
         assert len(history) == 2 * als.n_sweeps_ + 1
         assert np.all(np.diff(history) <= 1e-9 * history[:-1])
         assert history[-1] < 0.5 * history[0]
+        assert als.objective(ratings) == pytest.approx(history[-1], rel=1e-10)  # the shortcut is the objective
 
 
 def test_als_half_step_is_the_source_normal_equations():

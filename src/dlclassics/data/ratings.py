@@ -369,8 +369,9 @@ def load_for_run(run: Any, dataset_name: str, folds: tuple[str, ...], ratings_fi
         data = read_ratings_file(Path(ratings_file), separator, (scale[0], scale[1]), n_folds, seed)
     else:
         data = load_ratings(dataset_name, run.data_dir, folds, run.unverified)
+    folds = f"; folds {', '.join(data.folds)}" if data.folds else ""
     run.note(f"data: {data.name} from {data.source} ({len(data.ratings):,} ratings by {data.ratings.n_users:,} users "
-             f"on {data.ratings.n_items:,} items; folds {', '.join(data.folds) or 'none'})")
+             f"on {data.ratings.n_items:,} items{folds})")
     if not data.comparable:
         run.mark_not_comparable(data.note)
     return data

@@ -79,7 +79,8 @@ RECIPES = {"seed": {"net": "source", "batch_size": 4, "epochs": 12, "lr": 0.001,
 QUICK = {"limit": 500, "epochs": 2, "batch_size": 64, "widths": (8, 16, 16), "filters": 16}
 
 REFERENCES = [
-    Reference("test_accuracy", 0.65, "test accuracy of the source's CNN", tolerance=0.02, dataset="cifar10"),
+    Reference("test_accuracy", 0.65, "test accuracy (the source's one-layer CNN: 0.65)", tolerance=0.02,
+              dataset="cifar10"),
     Reference("test_accuracy", 0.85, "tuned recipe target (>= 0.85 on a 2-core CPU)", rule="at_least",
               dataset="cifar10"),
     Reference("train_time_s", 900.0, "tuned recipe target: training time on a 2-core CPU, s (15 min)",

@@ -194,6 +194,7 @@ def save_outputs(run: Run, rows: list[dict[str, Any]], histories: dict[int, list
                  best: int) -> None:
     """search.csv and the search table, the per-trial curves, the best trial's curves, value per trial."""
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     atomic_write_csv(run.dir / "search.csv", rows)
     run.add_section("Search (validation accuracy; the test set is never used here)", markdown_table(rows))
@@ -202,8 +203,9 @@ def save_outputs(run: Run, rows: list[dict[str, Any]], histories: dict[int, list
         chosen = number == best
         axes.plot([row["epoch"] for row in history], [row["val_accuracy"] for row in history],
                   color="C3" if chosen else "grey", alpha=1.0 if chosen else 0.5, linewidth=2 if chosen else 1,
-                  label=f"trial {number} (chosen)" if chosen else None)
+                  marker="o", markersize=4 if chosen else 3, label=f"trial {number} (chosen)" if chosen else None)
     axes.set(title="Validation accuracy per epoch, every trial", xlabel="epoch", ylabel="accuracy")
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes.grid(alpha=0.3)
     axes.legend()
     run.save_figure(figure, "trials", "Validation accuracy per epoch of every configuration (chosen in red)",

@@ -107,6 +107,7 @@ class Backbone:
     """A pretrained feature extractor: pixels [B, C, H, W] in [0, 1] -> features [B, size]."""
 
     description: str
+    source: str  # what it was trained on, for the figure's title
     features: nn.Module
     size: int
     fresh: Callable[[], nn.Module]  # the same layers, randomly initialised (the from-scratch baseline)
@@ -127,8 +128,9 @@ def own_backbone(run: Run, data: ImageData) -> Backbone:
     shape = ImageShape(spec.channels, spec.image_size, len(spec.classes))
     build = classifier_builder(finished, shape)
     trained = load_classifier(finished, shape)
-    return Backbone(f"the {finished.experiment} run {finished.folder} (trained on {theirs})", trained.backbone(),
-                    trained.feature_size, lambda: build().backbone(), spec.image_size)
+    return Backbone(f"the {finished.experiment} run {finished.folder} (trained on {theirs})",
+                    f"{finished.experiment} on {theirs}", trained.backbone(), trained.feature_size,
+                    lambda: build().backbone(), spec.image_size)
 
 
 def alexnet_backbone(cfg: Config, run: Run) -> Backbone:
@@ -140,7 +142,8 @@ def alexnet_backbone(cfg: Config, run: Run) -> Backbone:
         run.mark_not_comparable(f"weights: {cfg.weights} accepted with --unverified, not checked against the "
                                 f"official {alexnet.WEIGHTS_FILE}; not comparable")
     return Backbone(f"torchvision's AlexNet ({Path(cfg.weights).name}) at {cfg.resolution} px",
-                    alexnet.backbone(model, cfg.resolution), alexnet.FEATURES,
+                    f"AlexNet on ImageNet ({cfg.resolution} px)", alexnet.backbone(model, cfg.resolution),
+                    alexnet.FEATURES,
                     lambda: alexnet.backbone(alexnet.AlexNet(), cfg.resolution), cfg.resolution)
 
 
@@ -323,7 +326,7 @@ def run(cfg: Config, run: Run) -> dict[str, Any]:
     rows, parameters = [], {}
     for n in counts:
         for repeat in range(cfg.repeats):
-            # the same labelled subset for every mode; a new one per repeat
+            # the first n of one permutation per repeat: the same subset for every mode, nested across n
             chosen = torch.randperm(len(target.train_x), generator=torch.Generator().manual_seed(cfg.seed + repeat))[:n]
             for mode in cfg.modes:
                 started = time.perf_counter()
@@ -334,7 +337,7 @@ def run(cfg: Config, run: Run) -> dict[str, Any]:
     run.save_history(rows)
     summary = summarise(rows)
     unchanged = weights_digest(backbone) == before
-    save_report(run, cfg, summary, parameters, counts, len(target.train_x), unchanged)
+    save_report(run, cfg, summary, parameters, counts, len(target.train_x), unchanged, backbone.source, data.name)
     return metrics(summary, parameters, counts, unchanged, cache_time)
 
 
@@ -370,7 +373,8 @@ def metrics(summary: list[dict[str, Any]], parameters: dict[str, tuple[int, int]
 
 
 def save_report(run: Run, cfg: Config, summary: list[dict[str, Any]], parameters: dict[str, tuple[int, int]],
-           counts: list[int], pool: int, unchanged: bool) -> None:
+                counts: list[int], pool: int, unchanged: bool, source: str, target: str) -> None:
+    """The accuracy table, the parameter counts, the notes and the labels-vs-accuracy figure."""
     by = {(row["mode"], row["labels"]): row for row in summary}
     modes = [mode for mode in MODES if mode in cfg.modes]
     table = [{"labelled examples": f"{n:,}" + (" (all)" if n == pool else ""),
@@ -395,8 +399,8 @@ def save_report(run: Run, cfg: Config, summary: list[dict[str, Any]], parameters
                                                     "finetune": "fine-tuned (every layer)",
                                                     "scratch": "same network from scratch"}[mode])
     axes.set_xscale("log")
-    axes.set(xlabel="labelled target examples (log scale)", ylabel="test accuracy",
-             title="When does transfer help? Test accuracy against labels available")
+    axes.set(xlabel=f"labelled {target} examples (log scale)", ylabel=f"test accuracy ({target})",
+             title=f"When does transfer help? {source} -> {target}")
     axes.grid(alpha=0.3, which="both")
     axes.legend(fontsize=8)
     run.save_figure(figure, "accuracy_vs_labels", "Test accuracy against the number of labelled target examples",
