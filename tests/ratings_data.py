@@ -7,12 +7,12 @@ user, then item. Applied to the real `u.data` it gives the published fold files 
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from conftest import unchecked
 from dlclassics.data import registry
 
 
@@ -67,10 +67,7 @@ def write_movielens(folder: Path, lines: list[str] | None = None) -> Path:
 def ratings_data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A data dir with a generated `movielens-100k/` folder; its spec's checksums and sizes switched off
     (generated files cannot match the real ones), no system or cache folders."""
-    spec = registry.dataset("movielens-100k")
-    unchecked = dataclasses.replace(spec, files=tuple(dataclasses.replace(f, sha256=None, shape=None)
-                                                      for f in spec.files))
-    monkeypatch.setitem(registry.DATASETS, "movielens-100k", unchecked)
+    monkeypatch.setitem(registry.DATASETS, "movielens-100k", unchecked("movielens-100k"))
     monkeypatch.setattr(registry, "SYSTEM_DIRS", ())
     monkeypatch.setattr(registry, "CACHE_DIR", tmp_path / "cache")
     monkeypatch.delenv("DLCLASSICS_DATA", raising=False)

@@ -22,7 +22,7 @@ from dlclassics.cli import main
 from dlclassics.data import registry
 from dlclassics.experiments import topic_vae
 from dlclassics.runs import Run
-from test_text_data import man_tree, news_archive
+from text_files import write_text_data
 
 VOCABULARY = {"a": 0, "b": 1, "c": 2, "d": 3}
 
@@ -172,21 +172,9 @@ def test_seed_recipe_is_the_source_model():
 @pytest.fixture
 def text_data_dir(tmp_path, monkeypatch):
     """Generated man pages and a 20news-bydate archive (its checksum switched off) under one data dir."""
-    root = tmp_path / "data"
-    man_tree(root / "manpages-dev")
-    for index in range(40):  # enough pages for a vocabulary and a held-out part
-        words = ["file descriptor open read write", "memory allocate free pointer", "signal process handler"][index % 3]
-        section = "man2" if index % 2 else "man3"
-        page = f'.TH p{index} {section[-1]} 2023 "Linux man-pages 6.03"\n.SH NAME\n{words} {words}\n'
-        (root / "manpages-dev" / section / f"p{index}.{section[-1]}").write_text(page)
-    (root / "20newsgroups").mkdir()
-    news_archive(root / "20newsgroups" / "20news-bydate.tar.gz", per_group=12)
-    spec = registry.dataset("20newsgroups")
-    monkeypatch.setitem(registry.DATASETS, "20newsgroups",
-                        dataclasses.replace(spec, files=(dataclasses.replace(spec.files[0], sha256=None),)))
     monkeypatch.setattr(registry, "SYSTEM_DIRS", ())
     monkeypatch.setattr(registry, "CACHE_DIR", tmp_path / "cache")
-    return root
+    return write_text_data(tmp_path / "data", monkeypatch)
 
 
 def _metrics(folder) -> dict:

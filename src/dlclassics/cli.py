@@ -11,16 +11,12 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from dlclassics import __version__, registry
 from dlclassics.config import describe, load_toml, parse_assignments, resolve
 from dlclassics.data.registry import names as dataset_names
 from dlclassics.errors import RunError, UsageError
-
-if TYPE_CHECKING:  # imported when used: they import torch
-    from dlclassics.distributed import Placement
-    from dlclassics.runs import Run
 
 DEFAULT_RUNS = Path("runs")
 MAX_WORKERS = 64  # local processes; more is a typo, not a machine this runs on
