@@ -41,12 +41,16 @@ def write_image_dataset(folder: Path, n_train: int = 600, n_test: int = 200, gzi
     return folder
 
 
+def unchecked(name: str) -> registry.DatasetSpec:
+    """The registered dataset `name` with its checksums and official sizes switched off (generated files
+    cannot match the real files)."""
+    spec = registry.dataset(name)
+    return dataclasses.replace(spec, files=tuple(dataclasses.replace(f, sha256=None, shape=None) for f in spec.files))
+
+
 def unchecked_image_datasets() -> dict[str, registry.DatasetSpec]:
-    """MNIST and Fashion-MNIST with their checksums and official sizes switched off (generated files cannot
-    match the real files)."""
-    return {name: dataclasses.replace(spec, files=tuple(dataclasses.replace(f, sha256=None, shape=None)
-                                                        for f in spec.files))
-            for name, spec in ((name, registry.dataset(name)) for name in ("mnist", "fashion-mnist"))}
+    """MNIST and Fashion-MNIST, `unchecked`."""
+    return {name: unchecked(name) for name in ("mnist", "fashion-mnist")}
 
 
 def generated_image_data(folder: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
@@ -60,6 +64,21 @@ def generated_image_data(folder: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setattr(registry, "CACHE_DIR", folder / "cache")
     monkeypatch.delenv("DLCLASSICS_DATA", raising=False)
     return root
+
+
+def generated_data_for_every_experiment(folder: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """`generated_image_data`, plus every other dataset an experiment reads by default, generated in its
+    official layout: CIFAR-10 binary batches, MovieLens-100k, man pages and a 20news-bydate archive."""
+    from cifar_files import generated_spec, use_spec, write_layouts
+    from ratings_data import write_movielens
+    from text_files import write_text_data
+
+    root = generated_image_data(folder, monkeypatch)
+    write_layouts(root, per_batch=60, layouts=("bin",))
+    use_spec(monkeypatch, generated_spec())
+    write_movielens(root / "movielens-100k")
+    monkeypatch.setitem(registry.DATASETS, "movielens-100k", unchecked("movielens-100k"))
+    return write_text_data(root, monkeypatch)
 
 
 @pytest.fixture

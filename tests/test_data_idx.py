@@ -1,8 +1,6 @@
 """The IDX reader on generated files: round trips, damaged files, and bounded reads of hostile ones."""
 
-import dataclasses
 import gzip
-import hashlib
 import tempfile
 from pathlib import Path
 
@@ -11,8 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import SHARED_DATASETS, write_image_dataset
-from dlclassics.cli import main
+from conftest import SHARED_DATASETS
 from dlclassics.data import images, registry
 from dlclassics.data.idx import idx_bytes, parse_idx, read_idx, read_payload, write_idx
 from dlclassics.data.registry import DamagedFile

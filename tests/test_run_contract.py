@@ -81,7 +81,7 @@ CONSUMERS = [name for name in registry.EXPERIMENTS if hasattr(registry.load(name
 
 def test_every_consumer_declares_registered_producers():
     assert set(CONSUMERS) == {"fashion-mlp-enhanced", "loss-landscape", "mcmc-sampling", "vae-loglik",
-                              "latent-optimization"}
+                              "latent-optimization", "fgsm", "cifar-transfer"}
     for name in CONSUMERS:
         upstream = registry.load(name).FROM_RUN
         assert isinstance(upstream, Upstream) and set(upstream.experiments) <= set(registry.EXPERIMENTS)

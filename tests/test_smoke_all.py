@@ -1,4 +1,4 @@
-"""Every registered experiment runs end to end at --quick size on generated data (so none can be added
+"""Every registered experiment runs end to end at --quick size on generated data in its dataset's layout (so none can be added
 without a test), every experiment that builds on another run (--from-run) runs on its producer's run,
 and (marked slow) every experiment runs on two processes (--nproc 2)."""
 
@@ -12,12 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from conftest import generated_image_data, run_quick
+from conftest import generated_data_for_every_experiment, run_quick
 from dlclassics import registry
 
 # experiment -> the experiment whose finished run it reads with --from-run
 PRODUCERS = {"fashion-mlp-enhanced": "fashion-mlp", "latent-optimization": "vae", "vae-loglik": "vae",
              "loss-landscape": "fashion-mlp", "mcmc-sampling": "energy-regressor"}
+# experiment -> the option and experiment whose run it needs even alone (no ImageNet weights here)
+NEEDS_A_RUN = {"cifar-transfer": ("--backbone-run", "mnist-classifier")}
 
 QuickRun = Callable[..., Path]
 
@@ -29,11 +31,12 @@ def quick_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[QuickRun]:
     root = tmp_path_factory.mktemp("smoke")
     made: dict[tuple[str, str | None], Path] = {}
     with pytest.MonkeyPatch.context() as monkeypatch:
-        data = generated_image_data(root, monkeypatch)
+        data = generated_data_for_every_experiment(root, monkeypatch)
 
         def run(experiment: str, producer: str | None = None) -> Path:
             if (experiment, producer) not in made:
-                extra = ("--from-run", str(run(producer))) if producer else ()
+                option, needed = ("--from-run", producer) if producer else NEEDS_A_RUN.get(experiment, ("", None))
+                extra = (option, str(run(needed))) if needed else ()
                 out = root / "runs" / (f"from-{producer}" if producer else "alone")
                 made[experiment, producer] = run_quick(experiment, data, out, *extra)
             return made[experiment, producer]
@@ -76,4 +79,5 @@ def test_every_experiment_runs_on_two_processes(experiment: str, image_data_dir_
 
 
 def test_producers_name_registered_experiments() -> None:
-    assert set(PRODUCERS) | set(PRODUCERS.values()) <= set(registry.EXPERIMENTS)
+    needed = {producer for _, producer in NEEDS_A_RUN.values()}
+    assert set(PRODUCERS) | set(PRODUCERS.values()) | set(NEEDS_A_RUN) | needed <= set(registry.EXPERIMENTS)

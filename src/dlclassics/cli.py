@@ -1,4 +1,4 @@
-"""The `dlclassics` command: list | run | runs | data.
+"""The `dlclassics` command: list | run | runs | report | data.
 
 User errors (UsageError, exit 2; RunError, exit 1) are printed as one line without a traceback, and
 so are Ctrl-C and the operating system's refusals (a path that cannot be read or written, a full disk).
@@ -11,16 +11,12 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from dlclassics import __version__, registry
 from dlclassics.config import describe, load_toml, parse_assignments, resolve
 from dlclassics.data.registry import names as dataset_names
 from dlclassics.errors import RunError, UsageError
-
-if TYPE_CHECKING:  # imported when used: they import torch
-    from dlclassics.distributed import Placement
-    from dlclassics.runs import Run
 
 DEFAULT_RUNS = Path("runs")
 MAX_WORKERS = 64  # local processes; more is a typo, not a machine this runs on
@@ -76,9 +72,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--study", metavar="NAME",
                      help="join this existing study in --storage (the name another run printed and recorded) "
                           "instead of starting the run's own")
-    run.add_argument("--from-run", type=Path, help="an earlier run folder this experiment builds on")
+    run.add_argument("--from-run", "--backbone-run", dest="from_run", type=Path,
+                     help="an earlier run folder this experiment builds on (cifar-transfer: its backbone)")
+    run.add_argument("--weights", help="a pretrained weights file (cifar-transfer: torchvision's AlexNet)")
     run.add_argument("--dry-run", action="store_true", help="print the resolved config and stop")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
+    run.add_argument("--no-site", action="store_true", help="do not refresh the results site (OUT/site) at the end")
 
     runs = commands.add_parser("runs", help="recent finished runs with their key metrics")
     runs.add_argument("experiment", nargs="?", help="only this experiment's runs")
@@ -86,6 +85,15 @@ def build_parser() -> argparse.ArgumentParser:
     runs.add_argument("--limit", type=int, default=20, help="at most this many runs (default: 20)")
     runs.add_argument("--markdown", action="store_true",
                       help="the latest run of each experiment as README results-table rows")
+
+    report = commands.add_parser("report", help="build the results site: static HTML pages over all runs",
+                                 description="Build a static site over every run (index, one page per run and "
+                                             "per experiment); it works from file://. Every run refreshes it.")
+    report.add_argument("--runs", type=Path, default=DEFAULT_RUNS, metavar="DIR",
+                        help="root folder of run folders (default: runs)")
+    report.add_argument("--out", type=Path, metavar="DIR",
+                        help="the site's folder (default: site/ in the --runs folder)")
+    report.add_argument("--open", action="store_true", help="open the site in the web browser")
 
     data = commands.add_parser("data", help="dataset status and download")
     data_commands = data.add_subparsers(dest="data_command", required=True, parser_class=_Parser)
@@ -114,7 +122,7 @@ def bounded_int(low: int, high: int) -> Any:
 
 def config_layers(module: Any, args: argparse.Namespace) -> list[dict[str, Any]]:
     """Override layers in precedence order: recipe, quick size, TOML file, shortcut flags, --set."""
-    shortcuts = {name: getattr(args, name) for name in ("dataset", "epochs", "seed", "device")
+    shortcuts = {name: getattr(args, name) for name in ("dataset", "epochs", "seed", "device", "weights")
                  if getattr(args, name) is not None}
     return [module.RECIPES.get(args.recipe, {}),
             {**module.QUICK, "quick": True} if args.quick else {},
@@ -184,6 +192,10 @@ def command_run(args: argparse.Namespace) -> int:
     report = in_processes(module, args, config, from_run, place)
     if report is not None:
         print(report)
+        if not args.no_site:
+            from dlclassics import site
+
+            print(site.refresh(args.out))
     return 0
 
 
@@ -352,6 +364,16 @@ def data_label(record: dict[str, Any]) -> str:
     return label
 
 
+def command_report(args: argparse.Namespace) -> int:
+    from dlclassics import site
+
+    index = site.build(args.runs, args.out)
+    print(index)
+    if args.open:
+        site.open_in_browser(index)
+    return 0
+
+
 def command_data(args: argparse.Namespace) -> int:
     from dlclassics.data import registry
 
@@ -375,7 +397,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         args.argv = list(sys.argv[1:] if argv is None else argv)  # what --nproc hands to each process
-        handler = {"list": command_list, "run": command_run, "runs": command_runs, "data": command_data}
+        handler = {"list": command_list, "run": command_run, "runs": command_runs, "report": command_report,
+                   "data": command_data}
         return handler[args.command](args)
     except (UsageError, RunError) as exc:
         return _fail(str(exc), exc.exit_code)

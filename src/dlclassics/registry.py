@@ -21,16 +21,27 @@ EXPERIMENTS: dict[str, str] = {
     "mnist-classifier": "dlclassics.experiments.mnist_classifier",
     "fashion-mlp": "dlclassics.experiments.fashion_mlp",
     "fashion-mlp-enhanced": "dlclassics.experiments.fashion_mlp_enhanced",
+    "cifar-linear": "dlclassics.experiments.cifar_linear",
+    "cifar-mlp": "dlclassics.experiments.cifar_mlp",
+    "cifar-cnn": "dlclassics.experiments.cifar_cnn",
+    "cifar-lenet-search": "dlclassics.experiments.cifar_lenet_search",
+    "cifar-transfer": "dlclassics.experiments.cifar_transfer",
+    "fgsm": "dlclassics.experiments.fgsm",
     # B. Representation learning and generative models
     "dense-autoencoder": "dlclassics.experiments.dense_autoencoder",
     "vae": "dlclassics.experiments.vae",
     "latent-optimization": "dlclassics.experiments.latent_optimization",
     "vae-loglik": "dlclassics.experiments.vae_loglik",
+    "topic-vae": "dlclassics.experiments.topic_vae",
+    "autoencoder-vs-pca": "dlclassics.experiments.autoencoder_vs_pca",
     # C. Optimisation and initialisation
     "least-squares": "dlclassics.experiments.least_squares",
     "optimizers-noisy": "dlclassics.experiments.optimizers_noisy",
     "he-init": "dlclassics.experiments.he_init",
     "loss-landscape": "dlclassics.experiments.loss_landscape",
+    # D. Recommenders and low rank
+    "movielens": "dlclassics.experiments.movielens",
+    "low-rank": "dlclassics.experiments.low_rank",
     # E. Energy model and sampling
     "energy-regressor": "dlclassics.experiments.energy_regressor",
     "mcmc-sampling": "dlclassics.experiments.mcmc_sampling",

@@ -47,6 +47,7 @@ METRICS = "metrics.json"
 HISTORY = "history.csv"
 MODEL = "model.pt"
 REPORT = "report.md"
+REPORT_PARTS = "report.json"  # the report's notes, sections and figure captions, for the site (`dlclassics report`)
 CHECKPOINTS = "*checkpoint.pt"  # checkpoint.pt, vae_checkpoint.pt, baseline-checkpoint.pt: only needed to resume
 SEARCH_JOURNAL = "study.journal"
 LOCK = ".lock"  # held (flock) by the process running the run; the OS releases it when that process dies
@@ -552,6 +553,9 @@ def write_report(run: Run, title: str, metrics: Mapping[str, Any], references: I
     dataset = getattr(run.config, "dataset", None)
     rows = reference_rows(references, metrics, dataset, run.comparable)
     atomic_write_json(run.dir / "references.json", rows)  # the verdicts, for `dlclassics runs --markdown`
+    atomic_write_json(run.dir / REPORT_PARTS, {
+        "notes": run.notes, "sections": [{"title": t, "markdown": m} for t, m in run.sections],
+        "figures": [{"path": path, "caption": caption} for path, caption in run.figures]})
     lines = [f"# {run.experiment}: {title}", "",
              f"Wall time {metrics.get('wall_time_s', 0):.1f} s on {machine_summary()} (device {run.device}); "
              f"dlclassics {__version__}, commit {git_commit()}.", ""]

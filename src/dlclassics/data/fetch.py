@@ -7,21 +7,32 @@ A mirror that answers with an HTML page (a login or error page) is recognised an
 Nothing good is ever lost: a file already present that verifies is kept as it is (and not
 downloaded again); a download goes to a temporary name, is verified there, and only then renamed
 over the final name; on any failure only that temporary file is removed.
+
+A dataset published as one archive (its spec's `archive`: CIFAR-10) is fetched whole instead: the
+archive's size and sha256 are checked before it is opened, it is extracted into a temporary folder
+with tarfile's `data` filter (no absolute paths, no `..`, no links out, no devices), every declared
+file is verified there, and only then renamed into place. Without network, an archive the user put
+in the target folder under its official name is verified and extracted the same way.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
+import shutil
+import tarfile
 import tempfile
 import urllib.error
 import urllib.request
+import zlib
 from pathlib import Path
 
 from dlclassics.data import registry
-from dlclassics.data.registry import DataFile, DatasetSpec, dataset, file_path, read_verified
+from dlclassics.data.registry import Archive, DataFile, DatasetSpec, dataset, file_path, read_verified
 from dlclassics.errors import RunError
 
 TIMEOUT_SECONDS = 30
+CHUNK_BYTES = 1 << 20
 
 
 def mirrors_for(spec: DatasetSpec) -> list[str]:
@@ -37,12 +48,17 @@ def download(url: str) -> bytes:
             content_type = response.headers.get("Content-Type", "") or ""
     except (urllib.error.URLError, TimeoutError, OSError) as exc:
         raise RunError(f"{url}: {getattr(exc, 'reason', exc)}") from None
-    if "html" in content_type.lower() or body.lstrip()[:15].lower().startswith((b"<!doctype", b"<html")):
+    if is_html(content_type, body):
         raise RunError(f"{url}: the server sent an HTML page, not the data file")
     return body
 
 
-def _already_verified(spec: DatasetSpec, folder: Path, entry: DataFile) -> bool:
+def is_html(content_type: str, head: bytes) -> bool:
+    """A login or error page instead of data: told by its content type or its first bytes."""
+    return "html" in content_type.lower() or head.lstrip()[:15].lower().startswith((b"<!doctype", b"<html"))
+
+
+def already_verified(spec: DatasetSpec, folder: Path, entry: DataFile) -> bool:
     path = file_path(folder, entry)
     if path is None:
         return False
@@ -54,8 +70,11 @@ def _already_verified(spec: DatasetSpec, folder: Path, entry: DataFile) -> bool:
 
 
 def _download_verified(spec: DatasetSpec, folder: Path, entry: DataFile, url: str) -> None:
-    """Download `url` to a temporary file in `folder`, verify it, then rename it to `<name>.gz`."""
-    body = download(url)
+    keep_verified(spec, folder, entry, download(url))
+
+
+def keep_verified(spec: DatasetSpec, folder: Path, entry: DataFile, body: bytes) -> None:
+    """Write `body` to a temporary file in `folder`, verify it, then rename it to `<name>.gz`."""
     fd, temporary = tempfile.mkstemp(dir=folder, prefix=f".{entry.name}.", suffix=".part")
     try:
         with os.fdopen(fd, "wb") as handle:
@@ -70,15 +89,18 @@ def _download_verified(spec: DatasetSpec, folder: Path, entry: DataFile, url: st
 def fetch(name: str, target: Path | None = None) -> Path:
     """Download every missing or bad file of `name` into `target` (default: the user cache), verified."""
     spec = dataset(name)
+    folder = Path(target) if target else registry.CACHE_DIR / spec.name
+    if spec.archive is not None:
+        return fetch_archive(spec, spec.archive, _writable(folder))
     if not spec.mirrors and not os.environ.get("DLCLASSICS_MIRROR"):
         raise RunError(f"'{name}' has no download location; {spec.install_hint}")
-    folder = Path(target) if target else registry.CACHE_DIR / spec.name
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise RunError(f"cannot create {folder} ({exc.strerror}); pass --to a writable folder") from None
+    _writable(folder)
+    if spec.zip_archive is not None:  # one archive holds every file: fetched whole, read safely, each file verified
+        from dlclassics.data.archives import fetch_archive as fetch_zip_archive
+
+        return fetch_zip_archive(spec, folder)
     for entry in spec.files:
-        if _already_verified(spec, folder, entry):
+        if already_verified(spec, folder, entry):
             continue
         failures = []
         for base in mirrors_for(spec):
@@ -91,3 +113,114 @@ def fetch(name: str, target: Path | None = None) -> Path:
             raise RunError(f"could not download {entry.name}.gz of '{name}' from any mirror ({'; '.join(failures)}); "
                            f"without network, copy the files into {folder} or pass --data-dir")
     return folder
+
+
+def _writable(folder: Path) -> Path:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RunError(f"cannot create {folder} ({exc.strerror}); pass --to a writable folder") from None
+    return folder
+
+
+# ---------------------------------------------------------------- datasets published as one archive
+
+def fetch_archive(spec: DatasetSpec, archive: Archive, folder: Path) -> Path:
+    """The dataset's files in `folder`, from the official archive: the copy already there under its official
+    name, else a download (`$DLCLASSICS_MIRROR/<name>` first when set, then the official URL)."""
+    if all(already_verified(spec, folder, entry) for entry in spec.files):
+        return folder
+    local = folder / archive.name
+    if local.is_file():
+        verify_archive(local, archive)
+        extract_archive(spec, archive, local, folder)
+        return folder
+    override = os.environ.get("DLCLASSICS_MIRROR")
+    urls = ([override.rstrip("/") + f"/{archive.name}"] if override else []) + [archive.url]
+    fd, temporary = tempfile.mkstemp(dir=folder, prefix=f".{archive.name}.", suffix=".part")
+    os.close(fd)
+    try:
+        failures = []
+        for url in urls:
+            try:
+                download_to(url, Path(temporary), archive.size)
+                verify_archive(Path(temporary), archive, shown=url)
+                break
+            except RunError as exc:
+                failures.append(str(exc))
+        else:
+            raise RunError(f"could not download {archive.name} ({'; '.join(failures)}); without network, download "
+                           f"{archive.url} (sha256 {archive.sha256}) by other means into {folder} and run "
+                           f"'dlclassics data fetch {spec.name}' again")
+        extract_archive(spec, archive, Path(temporary), folder)
+    finally:
+        Path(temporary).unlink(missing_ok=True)
+    return folder
+
+
+def download_to(url: str, path: Path, limit: int) -> None:
+    """Stream `url` into `path`, refusing HTML pages and bodies longer than `limit` bytes."""
+    try:
+        with urllib.request.urlopen(url, timeout=TIMEOUT_SECONDS) as response, open(path, "wb") as handle:
+            chunk = response.read(CHUNK_BYTES)
+            if is_html(response.headers.get("Content-Type", "") or "", chunk):
+                raise RunError(f"{url}: the server sent an HTML page, not the archive")
+            written = 0
+            while chunk:
+                written += len(chunk)
+                if written > limit:
+                    raise RunError(f"{url}: longer than the official archive ({limit:,} bytes)")
+                handle.write(chunk)
+                chunk = response.read(CHUNK_BYTES)
+    except (urllib.error.URLError, TimeoutError, OSError) as exc:
+        raise RunError(f"{url}: {getattr(exc, 'reason', exc)}") from None
+
+
+def verify_archive(path: Path, archive: Archive, shown: str | None = None) -> None:
+    """The archive's size and sha256 against the official ones, before it is opened."""
+    where = shown or str(path)
+    with open(path, "rb") as handle:
+        head = handle.read(64)
+        handle.seek(0)
+        digest = hashlib.file_digest(handle, "sha256").hexdigest()
+    size = path.stat().st_size
+    if is_html("", head):
+        problem = "is an HTML page (a login or error page saved under the archive's name)"
+    elif size != archive.size:
+        problem = f"has {size:,} bytes, the official archive {archive.size:,}"
+    elif digest != archive.sha256:
+        problem = f"has sha256 {digest}, the official archive {archive.sha256}"
+    else:
+        return
+    raise RunError(f"{where} is not the official {archive.name}: it {problem}; delete it and download "
+                   f"{archive.url} again")
+
+
+def _data_filter(member: tarfile.TarInfo, destination: str) -> tarfile.TarInfo:
+    """tarfile's `data` filter, refusing also the absolute names it would only strip of their leading '/'."""
+    if member.name.startswith("/"):
+        raise tarfile.AbsolutePathError(member)
+    return tarfile.data_filter(member, destination)
+
+
+def extract_archive(spec: DatasetSpec, archive: Archive, path: Path, folder: Path) -> None:
+    """Extract into a temporary folder with the `data` filter, verify each declared file, then rename them into
+    `folder`. A member escaping the folder, a link or a device refuses the whole archive; nothing is left behind."""
+    staging = Path(tempfile.mkdtemp(dir=folder, prefix=f".{spec.name}-extract-"))
+    try:
+        try:
+            with tarfile.open(path, "r:*") as tar:
+                tar.extractall(staging, filter=_data_filter)
+        except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
+            raise RunError(f"{path} cannot be extracted safely ({exc}); delete it and fetch it again") from None
+        extracted = {entry: staging / archive.member_dir / entry.name for entry in spec.files}
+        for entry, member in extracted.items():
+            if member.is_symlink() or not member.is_file():
+                raise RunError(f"{path} holds no regular file {archive.member_dir}/{entry.name}; it is not the "
+                               f"official '{spec.name}' archive")
+            read_verified(spec, member, entry)
+        for entry, member in extracted.items():
+            os.chmod(member, 0o644)
+            os.replace(member, folder / entry.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

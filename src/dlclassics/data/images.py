@@ -177,7 +177,11 @@ def load_images(name: str, data_dir: Path | None = None, carve_test: float = 0.0
 
 def load_for_run(run: Any, name: str) -> ImageData:
     """Load a dataset for a run, noting its source and marking the run when the data is not the official split."""
-    data = load_images(name, run.data_dir, run.carve_test, run.unverified)
+    return noted(run, name, load_images(name, run.data_dir, run.carve_test, run.unverified))
+
+
+def noted(run: Any, name: str, data: ImageData) -> ImageData:
+    """`data`, its source noted in the run's report, the run marked not comparable when the data is not official."""
     run.note(f"data: {name} from {data.source} ({len(data.train_x):,} train, {len(data.test_x):,} test images)")
     if not data.comparable:
         run.mark_not_comparable(data.note)

@@ -2,9 +2,11 @@
 they are looked for, how they are verified, reported, fetched and loaded.
 
 A spec is data (a frozen dataclass); one module per file format subclasses `DatasetSpec` with its
-reader and registers its datasets (`data/images.py`: the IDX image sets). Adding a dataset of a
-known format means writing its spec and calling `register`; the CLI's `data status`/`data fetch` and
-every config's dataset choices read this registry.
+reader and registers its datasets (`data/images.py`: the IDX image sets; `data/cifar.py`: CIFAR-10).
+Adding a dataset of a known format means writing its spec and calling `register`; the CLI's `data
+status`/`data fetch` and every config's dataset choices read this registry. A spec may name the one
+archive its files are published in (`archive`: fetched whole, verified before extraction), and a
+format with several official layouts says per folder which one it holds (`files_in`).
 
 Search order (the first folder holding any of the dataset's files wins):
 1. an explicit root: `--data-dir DIR`, else `$DLCLASSICS_DATA`; `ROOT/<name>/` (or an alias) or ROOT
@@ -32,7 +34,8 @@ from dlclassics.errors import RunError, UsageError
 CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "dlclassics"
 SYSTEM_DIRS: tuple[Path, ...] = (Path("/usr/share/datasets"),)
 # The modules that declare datasets, imported on first use of the registry (one per file format).
-FORMAT_MODULES = ("dlclassics.data.images",)
+FORMAT_MODULES = ("dlclassics.data.images", "dlclassics.data.cifar", "dlclassics.data.text",
+                  "dlclassics.data.ratings")
 DATASETS: dict[str, DatasetSpec] = {}
 
 
@@ -56,6 +59,18 @@ class DataFile:
 
 
 @dataclasses.dataclass(frozen=True)
+class Archive:
+    """The one file a dataset is published as (a .tar.gz): fetched whole, its sha256 checked before anything
+    is extracted; the dataset's `files` are its members `<member_dir>/<file name>`."""
+
+    name: str  # e.g. cifar-10-binary.tar.gz
+    url: str
+    sha256: str
+    size: int  # bytes; a longer download is refused
+    member_dir: str = ""  # the folder inside the archive that holds the files
+
+
+@dataclasses.dataclass(frozen=True)
 class DatasetSpec:
     """A dataset: its files and where to get them. Format modules subclass it with `read_file` and `load`."""
 
@@ -65,7 +80,11 @@ class DatasetSpec:
     files: tuple[DataFile, ...]
     mirrors: tuple[str, ...] = ()  # base URLs holding `<file name>.gz`
     folder_aliases: tuple[str, ...] = ()  # other folder names it is found under (e.g. mnist-t10k)
+    system_folders: tuple[str, ...] = ()  # where a system package installs it (e.g. /usr/share/man)
     install_hint: str = ""
+    archive: Archive | None = None  # when the files are published inside one archive (fetched by `data fetch`)
+    # A zip or tar published with only its md5 (MovieLens): its files are read out of it one by one.
+    zip_archive: tuple[str, str | None] | None = None  # (name on the mirrors, its md5)
 
     @property
     def splits(self) -> tuple[str, ...]:
@@ -73,6 +92,11 @@ class DatasetSpec:
 
     def folder_names(self) -> tuple[str, ...]:
         return (self.name, *self.folder_aliases)
+
+    def files_in(self, folder: Path) -> tuple[DataFile, ...]:
+        """The files the dataset is stored as in `folder`: `files`, unless its format has several official
+        layouts (CIFAR-10's binary and python versions) and `folder` holds another one."""
+        return self.files
 
     def read_file(self, path: Path, entry: DataFile, unverified: bool) -> tuple[Any, bytes]:
         """(content in the format's type, the bytes its sha256 is taken of); `DamagedFile` when the file
@@ -124,7 +148,8 @@ def candidate_dirs(spec: DatasetSpec, data_dir: Path | None) -> list[Path]:
     if explicit is not None:
         root = explicit[0]
         return [root / folder for folder in spec.folder_names()] + [root]
-    return [CACHE_DIR / spec.name] + [system / folder for system in SYSTEM_DIRS for folder in spec.folder_names()]
+    return ([CACHE_DIR / spec.name] + [system / folder for system in SYSTEM_DIRS for folder in spec.folder_names()]
+            + [Path(folder) for folder in spec.system_folders])
 
 
 def file_path(folder: Path, entry: DataFile) -> Path | None:
@@ -145,7 +170,7 @@ def find_folder(spec: DatasetSpec, data_dir: Path | None) -> Path | None:
     With an explicit root, a root that does not exist or holds none of the files is a UsageError.
     """
     for folder in candidate_dirs(spec, data_dir):
-        if any(file_path(folder, entry) for entry in spec.files) and not _holds_other_dataset(folder, spec):
+        if any(file_path(folder, entry) for entry in spec.files_in(folder)) and not _holds_other_dataset(folder, spec):
             return folder
     explicit = explicit_root(data_dir)
     if explicit is not None:
@@ -219,7 +244,7 @@ def status(name: str, data_dir: Path | None = None) -> tuple[Path | None, list[S
     folder = find_folder(spec, data_dir)
     report = []
     for split in spec.splits:
-        entries = [e for e in spec.files if e.split == split]
+        entries = [e for e in (spec.files_in(folder) if folder else spec.files) if e.split == split]
         if folder is None or not all(file_path(folder, e) for e in entries):
             report.append(SplitStatus(split, "missing", "not found in " + (str(folder) if folder else "any location")))
             continue
