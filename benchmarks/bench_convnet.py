@@ -34,7 +34,14 @@ from torch.utils.data import DataLoader, Dataset
 
 from dlclassics.engine import classification_step, fit, seed_everything
 from dlclassics.experiments import cifar_cnn
-from dlclassics.experiments.cifar_cnn import Config, augmented_step, fast_cnn, init_whitening, sgd, source_cnn
+from dlclassics.experiments.cifar_cnn import (
+    Config,
+    augmented_step,
+    fast_cnn,
+    init_whitening,
+    sgd,
+    source_cnn,
+)
 from dlclassics.models.pixels import Pixels
 
 

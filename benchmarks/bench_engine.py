@@ -43,7 +43,13 @@ from torch.utils.data import DataLoader, TensorDataset
 from dlclassics import engine
 from dlclassics.data.images import load_images
 from dlclassics.data.transforms import flat_float
-from dlclassics.engine import classification_step, evaluate_classifier, fit, make_optimizer, seed_everything
+from dlclassics.engine import (
+    classification_step,
+    evaluate_classifier,
+    fit,
+    make_optimizer,
+    seed_everything,
+)
 from dlclassics.errors import RunError, UsageError
 from dlclassics.models.mlp import mlp
 

@@ -28,7 +28,12 @@ from torch.utils.data import DataLoader, TensorDataset
 from dlclassics.config import resolve
 from dlclassics.errors import RunError
 from dlclassics.experiments import fgsm, mnist_classifier
-from dlclassics.models.classifier_runs import PRODUCERS, ImageShape, load_classifier, rebuild
+from dlclassics.models.classifier_runs import (
+    PRODUCERS,
+    ImageShape,
+    load_classifier,
+    rebuild,
+)
 from dlclassics.runs import read_finished_run
 
 SHAPE = ImageShape(1, 28, 10)

@@ -27,10 +27,10 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Subset, TensorDataset
 
-from dlclassics import landscape
 from dlclassics.data.transforms import flat_float
 from dlclassics.engine import flat_parameters
 from dlclassics.errors import RunError
+from dlclassics.methods import landscape
 from dlclassics.models.mlp import mlp
 
 

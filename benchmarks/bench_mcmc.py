@@ -7,7 +7,7 @@ scalar is rebuilt as a tensor, and each state is appended to a Python list as a 
 chain; with a batch of chains the accept/reject uses torch.where per chain instead of S0's
 `if (u < alpha).item()`. S0's log-proposal scale (-tau/4) is kept: it changes acceptances, not cost.
 
-Ours is `dlclassics.mcmc.langevin`: one energy-and-gradient evaluation per step for both
+Ours is `dlclassics.methods.mcmc.langevin`: one energy-and-gradient evaluation per step for both
 algorithms, input gradients only, samples written into a preallocated tensor.
 
 Variants are timed in interleaved rounds and the median round is kept, so load from other
@@ -26,7 +26,7 @@ from collections.abc import Callable
 
 import torch
 
-from dlclassics.mcmc import freeze, langevin
+from dlclassics.methods.mcmc import freeze, langevin
 from dlclassics.models.energy import EnergyRegressor
 
 TAU = 0.01

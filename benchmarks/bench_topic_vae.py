@@ -20,9 +20,9 @@ import numpy as np
 import torch
 from scipy import sparse
 
-from dlclassics import topics
 from dlclassics.engine import fit, make_optimizer
 from dlclassics.experiments import topic_vae
+from dlclassics.methods import topics
 
 
 def course_compute_npmi(topic_words: list[list[int]], counts: sparse.spmatrix, n: int = 10) -> float:

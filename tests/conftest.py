@@ -131,6 +131,7 @@ def run_quick(experiment: str, data_dir: Path, out: Path, *extra: str) -> Path:
 def toy(monkeypatch: pytest.MonkeyPatch):
     """The test-only experiment `toy` (tests/run_toy.py) registered, with its hooks reset."""
     import run_toy
+
     from dlclassics import registry
 
     monkeypatch.setitem(registry.EXPERIMENTS, "toy", "run_toy")

@@ -12,7 +12,14 @@ from collections.abc import Callable
 from typing import Any
 
 from dlclassics.config import BaseConfig, option
-from dlclassics.runs import METRICS, Reference, Run, Upstream, atomic_torch_save, load_tensor_file
+from dlclassics.runs import (
+    METRICS,
+    Reference,
+    Run,
+    Upstream,
+    atomic_torch_save,
+    load_tensor_file,
+)
 
 TITLE = "Toy experiment for the run life-cycle tests"
 

@@ -6,9 +6,13 @@ import json
 import numpy as np
 import pytest
 import torch
-
 from conftest import run_quick
-from dlclassics.experiments.autoencoder_vs_pca import MODELS, subspace_angles_deg, train_full_batch
+
+from dlclassics.experiments.autoencoder_vs_pca import (
+    MODELS,
+    subspace_angles_deg,
+    train_full_batch,
+)
 from dlclassics.methods.mf import single_threaded
 from dlclassics.methods.pca import PCA
 from dlclassics.models.autoencoder import DenseAutoencoder

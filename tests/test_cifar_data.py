@@ -10,9 +10,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from cifar_files import (
+    BATCHES,
+    binary_batch,
+    generated_spec,
+    make_colour_images,
+    official_archive,
+    python_batch,
+    tar_gz,
+    use_spec,
+    write_layouts,
+)
 
-from cifar_files import (BATCHES, binary_batch, generated_spec, make_colour_images, official_archive, python_batch,
-                         tar_gz, use_spec, write_layouts)
 from dlclassics.cli import main
 from dlclassics.data import cifar, fetch, registry
 from dlclassics.data.images import ImageData

@@ -8,12 +8,18 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import run_quick
+
 from dlclassics.cli import main
+from dlclassics.data.energy_files import (
+    load_energy_data,
+    load_energy_weights,
+    load_exact_energy,
+    save_energy_data,
+)
+from dlclassics.data.energy_task import fit_pca_mixture
 from dlclassics.errors import RunError
-from dlclassics.models.energy import (EnergyRegressor, fit_pca_mixture, fold_target_scaling,
-                                      load_energy_data, load_energy_weights, load_exact_energy, save_energy_data)
+from dlclassics.models.energy import EnergyRegressor, fold_target_scaling
 
 
 class Payload:

@@ -6,12 +6,18 @@ import sys
 
 import pytest
 import torch
+from conftest import interrupted_at_evaluation, run_quick
 from torch import nn
 
-from conftest import interrupted_at_evaluation, run_quick
 from dlclassics.cli import main
-from dlclassics.engine import (fit, flat_parameters, held_out, make_optimizer, seed_everything,
-                               weight_decay_groups)
+from dlclassics.engine import (
+    fit,
+    flat_parameters,
+    held_out,
+    make_optimizer,
+    seed_everything,
+    weight_decay_groups,
+)
 from dlclassics.errors import RunError
 
 

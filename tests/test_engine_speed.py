@@ -11,7 +11,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from dlclassics.engine import can_fuse, epoch_batches, make_optimizer, weight_decay_groups
+from dlclassics.engine import (
+    can_fuse,
+    epoch_batches,
+    make_optimizer,
+    weight_decay_groups,
+)
 from dlclassics.models.mlp import mlp
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_engine.py"

@@ -11,11 +11,15 @@ from conftest import file_digests, make_class_images, run_quick
 from torch import nn
 
 from dlclassics.cli import main
-from dlclassics.data.transforms import flat_float
+from dlclassics.data.transforms import flat_float, images_4d
 from dlclassics.engine import fit, make_optimizer
 from dlclassics.experiments import fgsm
-from dlclassics.experiments.mnist_classifier import images_4d
-from dlclassics.models.classifier_runs import PRODUCERS, ImageShape, load_classifier, rebuild
+from dlclassics.models.classifier_runs import (
+    PRODUCERS,
+    ImageShape,
+    load_classifier,
+    rebuild,
+)
 from dlclassics.runs import read_finished_run
 
 SHAPE = ImageShape(1, 28, 10)

@@ -5,10 +5,15 @@ import json
 
 import pytest
 import torch
-
 from conftest import run_quick
+
 from dlclassics.data.linear_regression import make_linear_data
-from dlclassics.experiments.least_squares import REFERENCES, fit_both, solve_normal, solve_stable
+from dlclassics.experiments.least_squares import (
+    REFERENCES,
+    fit_both,
+    solve_normal,
+    solve_stable,
+)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

@@ -8,8 +8,8 @@ import pytest
 import torch
 from conftest import run_quick
 
-from dlclassics import landscape
 from dlclassics.engine import flat_parameters
+from dlclassics.methods import landscape
 from dlclassics.models.mlp import mlp
 
 

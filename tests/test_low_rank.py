@@ -5,11 +5,16 @@ import json
 
 import pytest
 import torch
-
 from conftest import run_quick
-from dlclassics.experiments.low_rank import Config, als_solutions, check_rank, randomized_against_full
-from dlclassics.methods.mf import single_threaded
 from ratings_data import ratings_data_dir  # noqa: F401 (fixture)
+
+from dlclassics.experiments.low_rank import (
+    Config,
+    als_solutions,
+    check_rank,
+    randomized_against_full,
+)
+from dlclassics.methods.mf import single_threaded
 
 
 @pytest.fixture(autouse=True)

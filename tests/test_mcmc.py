@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from dlclassics.mcmc import effective_sample_size, energy_and_grad, langevin
-from dlclassics.models.energy import PcaMixtureEnergy
+from dlclassics.data.energy_task import PcaMixtureEnergy
+from dlclassics.methods.mcmc import effective_sample_size, energy_and_grad, langevin
 
 
 def mixture_2d() -> PcaMixtureEnergy:

@@ -13,18 +13,33 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import SHARED_DATASETS, run_quick
+from ratings_data import mku_splits, movielens_lines, ratings_data_dir, write_movielens  # noqa: F401 (fixture)
+
 from dlclassics.cli import main
 from dlclassics.data import registry
 from dlclassics.data.archives import read_members
-from dlclassics.data.ratings import (Ratings, index_together, load_ratings, parse_ratings, read_ratings_file,
-                                     synthetic_ratings)
+from dlclassics.data.ratings import (
+    Ratings,
+    index_together,
+    load_ratings,
+    parse_ratings,
+    read_ratings_file,
+    synthetic_ratings,
+)
 from dlclassics.errors import RunError
 from dlclassics.experiments.movielens import source_split
-from dlclassics.methods.mf import (ALS, BayesianMF, BiasedALS, ItemMean, TruncatedSVD, cold_start_count, mse, rmse,
-                                   single_threaded)
-from ratings_data import mku_splits, movielens_lines, ratings_data_dir, write_movielens  # noqa: F401 (fixture)
+from dlclassics.methods.mf import (
+    ALS,
+    BayesianMF,
+    BiasedALS,
+    ItemMean,
+    TruncatedSVD,
+    cold_start_count,
+    mse,
+    rmse,
+    single_threaded,
+)
 
 REAL = SHARED_DATASETS / "ml-100k"
 needs_real_data = pytest.mark.skipif(not (REAL / "u.data").is_file(),

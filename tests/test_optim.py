@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from dlclassics import optim
+from dlclassics.methods import optim
 
 
 @pytest.mark.parametrize("name, reference", [

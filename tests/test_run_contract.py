@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import run_quick
+
 from dlclassics import registry, runs
 from dlclassics.cli import main
 from dlclassics.errors import UsageError

@@ -13,9 +13,9 @@ import shutil
 from pathlib import Path
 
 import pytest
+from conftest import run_quick
 from markupsafe import escape
 
-from conftest import run_quick
 from dlclassics import registry, site
 from dlclassics.cli import main
 from dlclassics.config import resolve

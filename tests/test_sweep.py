@@ -17,9 +17,9 @@ import pytest
 import sweep_toy
 from conftest import run_quick
 
-from dlclassics import sweep
 from dlclassics.cli import main
 from dlclassics.errors import RunError, UsageError
+from dlclassics.methods import sweep
 from dlclassics.runs import masked_url
 
 STATES = optuna.trial.TrialState

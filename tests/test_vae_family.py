@@ -7,8 +7,8 @@ import math
 
 import pytest
 import torch
-
 from conftest import run_quick
+
 from dlclassics.models import vae as V
 
 
@@ -140,7 +140,13 @@ def _mismatched_vae(latent: int = 8, pixels: int = 30, scale: float = 0.2) -> V.
 
 
 def test_reported_monte_carlo_error_matches_the_scatter_over_seeds_under_heavy_tails():
-    from dlclassics.experiments.vae_loglik import Config, estimate, replicate_stderr, rms, summary
+    from dlclassics.experiments.vae_loglik import (
+        Config,
+        estimate,
+        replicate_stderr,
+        rms,
+        summary,
+    )
 
     model, k = _mismatched_vae(), 100
     x = (torch.rand(40, 30, generator=torch.Generator().manual_seed(1)) < 0.5).float()

@@ -300,7 +300,7 @@ def _study(module: Any, experiment_id: str, folder: Path, joined: str | None, re
     """A searching experiment's study: the one it joins, the one the resumed run used, or its own."""
     if not hasattr(module, "SEARCHED"):
         return None
-    from dlclassics.sweep import own_study_name
+    from dlclassics.methods.sweep import own_study_name
 
     recorded = None
     if resume_dir is not None:

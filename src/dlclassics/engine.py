@@ -82,6 +82,13 @@ def can_fuse(model: nn.Module) -> bool:
             or max(p.numel() for p in params) >= PARALLEL_GRAIN)
 
 
+def sgd(model: nn.Module, lr: float, momentum: float, nesterov: bool, weight_decay: float) -> torch.optim.SGD:
+    """SGD with plain or Nesterov momentum (the source's is plain, which `engine.make_optimizer` does not offer),
+    L2 on weights only, fused where that is faster."""
+    return torch.optim.SGD(weight_decay_groups(model, weight_decay), lr=lr, momentum=momentum,
+                           nesterov=nesterov and momentum > 0, fused=can_fuse(model) or None)
+
+
 def make_optimizer(name: str, model: nn.Module, lr: float, weight_decay: float = 0.0,
                    momentum: float = 0.0) -> torch.optim.Optimizer:
     """SGD (Nesterov when momentum > 0), Adam or AdamW with L2 on weights only, fused where possible
@@ -112,13 +119,23 @@ def classification_step(model: nn.Module, batch: Sequence[torch.Tensor]) -> dict
 
 
 @torch.no_grad()
+def batched_outputs(model: nn.Module, inputs: torch.Tensor, batch_size: int = 4096) -> torch.Tensor:
+    """model(inputs) without gradients, in eval mode (no dropout, batch norm's running statistics) and
+    batch by batch (a whole test set at once can exceed memory); each batch is moved to the model's
+    device, so `inputs` may stay on the CPU. The model's training mode is restored afterwards."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        return torch.cat([model(chunk.to(device)) for chunk in inputs.split(batch_size)])
+    finally:
+        model.train(was_training)
+
+
 def evaluate_classifier(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
                         batch_size: int = 4096) -> dict[str, Any]:
     """Mean cross-entropy, accuracy and the predicted probabilities, in eval mode, batched."""
-    was_training = model.training
-    model.eval()
-    logits = torch.cat([model(inputs[i:i + batch_size]) for i in range(0, len(inputs), batch_size)])
-    model.train(was_training)
+    logits = batched_outputs(model, inputs, batch_size)
     loss = nn.functional.cross_entropy(logits, targets).item()
     return {"loss": loss, "accuracy": (logits.argmax(1) == targets).float().mean().item(),
             "probabilities": logits.softmax(1)}

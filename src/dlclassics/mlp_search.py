@@ -24,15 +24,31 @@ import optuna
 import torch
 from torch import nn
 
-from dlclassics import plots, sweep
+from dlclassics import plots
 from dlclassics.config import BaseConfig, _coerce, option
 from dlclassics.data.images import ImageData, image_datasets, load_images
 from dlclassics.data.transforms import flat_float, subsample
-from dlclassics.engine import (FitResult, cosine_schedule, evaluate_classifier, fit, flat_parameters, held_out,
-                               make_optimizer, resolve_device, seed_everything)
+from dlclassics.engine import (
+    FitResult,
+    cosine_schedule,
+    evaluate_classifier,
+    fit,
+    flat_parameters,
+    held_out,
+    make_optimizer,
+    resolve_device,
+    seed_everything,
+)
 from dlclassics.errors import UsageError
+from dlclassics.methods import sweep
 from dlclassics.models.mlp import mlp
-from dlclassics.runs import Run, atomic_torch_save, atomic_write_csv, markdown_table, masked_url
+from dlclassics.runs import (
+    Run,
+    atomic_torch_save,
+    atomic_write_csv,
+    markdown_table,
+    masked_url,
+)
 
 SearchSpace = dict[str, tuple]
 # The fields that say which examples a search sees: two searches agreeing on these use the same data and split.

@@ -27,6 +27,7 @@ import re
 import secrets
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.parse
@@ -314,6 +315,11 @@ class Run:
     def note(self, text: str) -> None:
         """A line for the report's notes section (data caveats, diagnoses, what was used)."""
         self.notes.append(text)
+
+    def announce(self, text: str) -> None:
+        """A note that the user also sees now, as one line on stderr: what the run is about to do, and why."""
+        print(f"dlclassics: {text}", file=sys.stderr)
+        self.note(text)
 
     def add_section(self, title: str, markdown: str) -> None:
         """An extra report section (a search table, a diagnosis), placed before the figures."""

@@ -37,8 +37,20 @@ import numpy as np
 
 from dlclassics.data import images
 from dlclassics.data.images import ImageData
-from dlclassics.data.registry import (CACHE_DIR, Archive, DamagedFile, DataFile, DatasetSpec, UnofficialFile, dataset,
-                                      file_path, names, read_verified, register, require_folder)
+from dlclassics.data.registry import (
+    CACHE_DIR,
+    Archive,
+    DamagedFile,
+    DataFile,
+    DatasetSpec,
+    UnofficialFile,
+    dataset,
+    file_path,
+    names,
+    read_verified,
+    register,
+    require_folder,
+)
 from dlclassics.errors import RunError, UsageError
 
 if TYPE_CHECKING:  # torch is imported where data is loaded, so that listing the datasets stays cheap

@@ -28,7 +28,14 @@ import zlib
 from pathlib import Path
 
 from dlclassics.data import registry
-from dlclassics.data.registry import Archive, DataFile, DatasetSpec, dataset, file_path, read_verified
+from dlclassics.data.registry import (
+    Archive,
+    DataFile,
+    DatasetSpec,
+    dataset,
+    file_path,
+    read_verified,
+)
 from dlclassics.errors import RunError
 
 TIMEOUT_SECONDS = 30

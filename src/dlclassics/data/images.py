@@ -13,8 +13,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dlclassics.data.idx import read_idx
-from dlclassics.data.registry import (DataFile, DatasetSpec, UnofficialFile, dataset, file_path, names,
-                                      read_verified, register, require_folder)
+from dlclassics.data.registry import (
+    DataFile,
+    DatasetSpec,
+    UnofficialFile,
+    dataset,
+    file_path,
+    names,
+    read_verified,
+    register,
+    require_folder,
+)
 from dlclassics.errors import RunError
 
 if TYPE_CHECKING:  # torch is imported where data is loaded, so that listing the datasets stays cheap

@@ -31,8 +31,18 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from dlclassics.data.idx import _open, _read_exactly
-from dlclassics.data.registry import (DamagedFile, DataFile, DatasetSpec, UnofficialFile, dataset, file_path, names,
-                                      read_verified, register, require_folder)
+from dlclassics.data.registry import (
+    DamagedFile,
+    DataFile,
+    DatasetSpec,
+    UnofficialFile,
+    dataset,
+    file_path,
+    names,
+    read_verified,
+    register,
+    require_folder,
+)
 from dlclassics.errors import RunError, UsageError
 
 if TYPE_CHECKING:  # torch is imported where data is loaded, so that listing the datasets stays cheap

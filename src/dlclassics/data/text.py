@@ -38,8 +38,18 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from dlclassics.data.registry import (DamagedFile, DataFile, DatasetSpec, dataset, explicit_root, file_path,
-                                      names, read_verified, register, require_folder)
+from dlclassics.data.registry import (
+    DamagedFile,
+    DataFile,
+    DatasetSpec,
+    dataset,
+    explicit_root,
+    file_path,
+    names,
+    read_verified,
+    register,
+    require_folder,
+)
 from dlclassics.errors import RunError, UsageError
 
 if TYPE_CHECKING:  # scipy and scikit-learn are imported where text is vectorised: listing datasets stays cheap

@@ -16,3 +16,8 @@ def flat_float(images: torch.Tensor, center: float = 0.0, scale: float = 1.0) ->
 def subsample(x: torch.Tensor, y: torch.Tensor, limit: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The first `limit` examples (all when limit is 0): the `--quick` size."""
     return (x, y) if limit <= 0 else (x[:limit], y[:limit])
+
+
+def images_4d(images: torch.Tensor, channels: int, size: int) -> torch.Tensor:
+    """uint8 [N, S, S] or [N, C, S, S] -> float [N, C, S, S] in [0, 1]."""
+    return flat_float(images).reshape(-1, channels, size, size)

@@ -34,8 +34,15 @@ from torch.nn import functional as F
 from dlclassics import plots
 from dlclassics.config import BaseConfig, option
 from dlclassics.data.cifar import cifar_datasets, load_for_run
-from dlclassics.engine import Step, can_fuse, evaluate_classifier, fit, held_out, seed_everything, weight_decay_groups
-from dlclassics.experiments.cifar_linear import Split, split_data
+from dlclassics.data.splits import Split, split_data
+from dlclassics.engine import (
+    Step,
+    evaluate_classifier,
+    fit,
+    held_out,
+    seed_everything,
+    sgd,
+)
 from dlclassics.models.pixels import Pixels, channel_stats
 from dlclassics.runs import Reference, Run
 
@@ -184,13 +191,6 @@ def augmented_step(cfg: Config) -> Step:
         return {"loss": F.cross_entropy(logits, targets, label_smoothing=cfg.label_smoothing),
                 "accuracy": (logits.argmax(1) == targets).float().mean()}
     return step
-
-
-def sgd(model: nn.Module, lr: float, momentum: float, nesterov: bool, weight_decay: float) -> torch.optim.SGD:
-    """SGD with plain or Nesterov momentum (the source's is plain, which `engine.make_optimizer` does not offer),
-    L2 on weights only, fused where that is faster."""
-    return torch.optim.SGD(weight_decay_groups(model, weight_decay), lr=lr, momentum=momentum,
-                           nesterov=nesterov and momentum > 0, fused=can_fuse(model) or None)
 
 
 def warmup_decay(optimizer: torch.optim.Optimizer, epochs: int, warmup: int

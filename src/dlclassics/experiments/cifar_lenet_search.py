@@ -28,16 +28,30 @@ import optuna
 import torch
 from torch import nn
 
-from dlclassics import plots, sweep
+from dlclassics import plots
 from dlclassics.config import BaseConfig, option, resolve
 from dlclassics.data import cifar
 from dlclassics.data.cifar import cifar_datasets
 from dlclassics.data.images import ImageData
-from dlclassics.engine import cosine_schedule, evaluate_classifier, fit, held_out, resolve_device, seed_everything
-from dlclassics.experiments.cifar_cnn import sgd
-from dlclassics.experiments.cifar_linear import Split, split_data
+from dlclassics.data.splits import Split, split_data
+from dlclassics.engine import (
+    cosine_schedule,
+    evaluate_classifier,
+    fit,
+    held_out,
+    resolve_device,
+    seed_everything,
+    sgd,
+)
+from dlclassics.methods import sweep
 from dlclassics.models.pixels import Pixels, channel_stats
-from dlclassics.runs import Reference, Run, atomic_torch_save, atomic_write_csv, markdown_table
+from dlclassics.runs import (
+    Reference,
+    Run,
+    atomic_torch_save,
+    atomic_write_csv,
+    markdown_table,
+)
 
 TITLE = "LeNet-style CNN on CIFAR-10: random search over its widths (S2 CIFAR-10 d)"
 

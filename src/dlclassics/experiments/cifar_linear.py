@@ -25,15 +25,18 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import torch
 from torch import nn
 
 from dlclassics.config import BaseConfig, option
 from dlclassics.data.cifar import cifar_datasets, load_for_run
-from dlclassics.data.images import ImageData
-from dlclassics.data.splits import holdout
-from dlclassics.data.transforms import subsample
-from dlclassics.engine import evaluate_classifier, fit, held_out, make_optimizer, seed_everything
+from dlclassics.data.splits import Split, split_data
+from dlclassics.engine import (
+    evaluate_classifier,
+    fit,
+    held_out,
+    make_optimizer,
+    seed_everything,
+)
 from dlclassics.models.pixels import Pixels, channel_stats
 from dlclassics.runs import Reference, Run, markdown_table
 
@@ -75,26 +78,6 @@ SOURCE_BUG = ("The source scored every accuracy (curves and test) on raw 0-255 p
 
 
 # ---------------------------------------------------------------- one model per setting (shared with cifar-mlp)
-
-@dataclasses.dataclass
-class Split:
-    """uint8 images [N, 3, 32, 32] and labels of the three sets, on the run's device."""
-
-    train_x: torch.Tensor
-    train_y: torch.Tensor
-    val_x: torch.Tensor
-    val_y: torch.Tensor
-    test_x: torch.Tensor
-    test_y: torch.Tensor
-
-
-def split_data(data: ImageData, val_fraction: float, seed: int, limit: int, device: torch.device) -> Split:
-    """Validation held out of the training split (one permutation from `seed`, as the source's `random_split`)."""
-    train_x, train_y, val_x, val_y = holdout(data.train_x, data.train_y, val_fraction, seed)
-    train_x, train_y = subsample(train_x, train_y, limit)
-    tensors = (train_x, train_y, val_x, val_y, data.test_x, data.test_y)
-    return Split(*(t.to(device) for t in tensors))
-
 
 def input_layer(split: Split, standardize: bool) -> Callable[[], Pixels]:
     """A factory of the input layer: pixel/255, standardised per channel with training-split statistics or not."""

@@ -23,7 +23,13 @@ from torch import nn
 
 from dlclassics.config import option
 from dlclassics.data.cifar import load_for_run
-from dlclassics.experiments.cifar_linear import SweepConfig, input_layer, report_settings, split_data, train_settings
+from dlclassics.data.splits import split_data
+from dlclassics.experiments.cifar_linear import (
+    SweepConfig,
+    input_layer,
+    report_settings,
+    train_settings,
+)
 from dlclassics.models.mlp import mlp
 from dlclassics.runs import Reference, Run
 

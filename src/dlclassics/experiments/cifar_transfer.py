@@ -40,15 +40,32 @@ from torch import nn
 
 from dlclassics.config import BaseConfig, option
 from dlclassics.data.images import ImageData, image_datasets, image_spec, load_for_run
-from dlclassics.data.transforms import subsample
-from dlclassics.engine import evaluate_classifier, fit, make_optimizer, seed_everything
+from dlclassics.data.transforms import images_4d, subsample
+from dlclassics.engine import (
+    batched_outputs,
+    evaluate_classifier,
+    fit,
+    make_optimizer,
+    seed_everything,
+)
 from dlclassics.errors import RunError, UsageError
-from dlclassics.experiments.fgsm import announce
-from dlclassics.experiments.mnist_classifier import images_4d
 from dlclassics.models import alexnet
-from dlclassics.models.classifier_runs import PRODUCERS, ImageShape, classifier_builder, load_classifier
-from dlclassics.runs import MODEL, Reference, Run, Upstream, atomic_torch_save, atomic_write_bytes, load_tensor_file, \
-    markdown_table
+from dlclassics.models.classifier_runs import (
+    PRODUCERS,
+    ImageShape,
+    classifier_builder,
+    load_classifier,
+)
+from dlclassics.runs import (
+    MODEL,
+    Reference,
+    Run,
+    Upstream,
+    atomic_torch_save,
+    atomic_write_bytes,
+    load_tensor_file,
+    markdown_table,
+)
 
 TITLE = "Transfer learning: frozen, fine-tuned and from-scratch networks against the labels available (S2)"
 
@@ -171,12 +188,7 @@ def feature_key(weights: str, images: torch.Tensor) -> str:
 
 def compute_features(features: nn.Module, images: torch.Tensor, batch_size: int) -> torch.Tensor:
     """[N, size], in eval mode (no dropout, no batch-norm updates), batch by batch."""
-    was_training = features.training
-    features.eval()
-    with torch.inference_mode():
-        out = torch.cat([features(images[i:i + batch_size]) for i in range(0, len(images), batch_size)])
-    features.train(was_training)
-    return out.clone()  # a plain tensor again, usable outside inference mode
+    return batched_outputs(features, images, batch_size)
 
 
 def read_cache(path: Path, key: str, count: int, size: int) -> torch.Tensor | None:
@@ -292,7 +304,7 @@ def warn_cpu_time(cfg: Config, run: Run, images: int, counts: list[int]) -> None
         hours = seen / (ALEXNET_TRAIN_224 * scale) / 3600
         text += (f"; {' and '.join(full)} train every layer on {seen:,} images: about {hours:.1f} h -- a GPU recipe "
                  "(on a CPU, --set modes=frozen)")
-    announce(run, text)
+    run.announce(text)
 
 
 def run(cfg: Config, run: Run) -> dict[str, Any]:

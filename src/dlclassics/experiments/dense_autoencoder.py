@@ -25,8 +25,13 @@ from dlclassics.config import BaseConfig, option
 from dlclassics.data.images import image_datasets, load_for_run
 from dlclassics.data.transforms import flat_float, subsample
 from dlclassics.engine import fit, make_optimizer, seed_everything
-from dlclassics.models.autoencoder import DenseAutoencoder, reconstruction_error, reconstruction_step
 from dlclassics.errors import RunError
+from dlclassics.methods.pca import PCA
+from dlclassics.models.autoencoder import (
+    DenseAutoencoder,
+    reconstruction_error,
+    reconstruction_step,
+)
 from dlclassics.runs import Reference, Run
 
 TITLE = "Dense autoencoder 784-128-64 on Fashion-MNIST (S1 Problem 4)"
@@ -128,10 +133,9 @@ def save_code_view(run: Run, classes: tuple[str, ...], codes: torch.Tensor, labe
     """The 64-d codes projected on their first two principal components, coloured by class.
 
     Returns the fraction of the codes' variance the two components explain."""
-    centred = codes - codes.mean(0)
-    _, singular, directions = torch.linalg.svd(centred, full_matrices=False)  # directions [64, 64]
-    projected = centred @ directions[:2].T  # [N, 2]
-    explained = (singular[:2].square().sum() / singular.square().sum()).item()
+    pca = PCA(2).fit(codes)
+    projected = pca.transform(codes)  # [N, 2]
+    explained = pca.explained_variance_ratio_.sum().item()
     figure = plots.class_scatter(projected, labels, classes, f"64-d codes of {len(codes):,} test images, first two "
                                  f"principal components ({explained:.0%} of variance)", "PC 1", "PC 2")
     run.save_figure(figure, "codes_2d", "Codes of test images (PCA to 2D), coloured by class",

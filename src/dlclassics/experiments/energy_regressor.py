@@ -9,7 +9,7 @@ The source's files are not available. With `--set data_file=... --set weights_fi
 experiment evaluates them exactly as the source did (files are read with weights_only=True; a
 pickled object is refused). Without them it builds an energy it can compute exactly (a Gaussian
 mixture in the top principal coordinates of Fashion-MNIST plus an isotropic residual, see
-`models/energy.py`), draws an (x, energy) set from it, saves the test set in the source's file
+`data/energy_task.py`), draws an (x, energy) set from it, saves the test set in the source's file
 format, trains the regressor and reports train and test MSE. Either file alone works too: a data
 file alone is split 80/20 and trained on; weights alone are evaluated on the generated set.
 
@@ -26,11 +26,21 @@ import torch
 
 from dlclassics import plots
 from dlclassics.config import BaseConfig, option
+from dlclassics.data.energy_files import (
+    load_energy_data,
+    load_energy_weights,
+    save_energy_data,
+)
+from dlclassics.data.energy_task import PARTS, build_energy_task
 from dlclassics.data.images import image_datasets, load_for_run
 from dlclassics.engine import seed_everything
 from dlclassics.errors import RunError
-from dlclassics.models.energy import (PARTS, EnergyRegressor, build_energy_task, load_energy_data,
-                                      load_energy_weights, mse, predict, save_energy_data, train_energy_regressor)
+from dlclassics.models.energy import (
+    EnergyRegressor,
+    mse,
+    predict,
+    train_energy_regressor,
+)
 from dlclassics.runs import MODEL, Reference, Run, atomic_torch_save, markdown_table
 
 TITLE = "Energy regressor: S0's 14M-parameter MLP and the MSE of its energies (S0 Task 0)"

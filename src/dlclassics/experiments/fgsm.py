@@ -24,7 +24,6 @@ the idea of this experiment, so they live here, not in `engine.fit`.
 from __future__ import annotations
 
 import dataclasses
-import sys
 import time
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -39,8 +38,14 @@ from dlclassics.data.images import ImageData, image_datasets, load_for_run, load
 from dlclassics.engine import evaluate_classifier, seed_everything
 from dlclassics.errors import UsageError
 from dlclassics.experiments import mnist_classifier
-from dlclassics.models.classifier_runs import (PRODUCERS, ImageShape, PixelClassifier, load_classifier, load_weights,
-                                               rebuild)
+from dlclassics.models.classifier_runs import (
+    PRODUCERS,
+    ImageShape,
+    PixelClassifier,
+    load_classifier,
+    load_weights,
+    rebuild,
+)
 from dlclassics.runs import MODEL, Reference, Run, Upstream, markdown_table
 
 TITLE = "FGSM and PGD attacks on a trained classifier, accuracy against epsilon (S2 part e)"
@@ -176,12 +181,6 @@ def pgd_curve(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epsilons: Sequ
 
 # ---------------------------------------------------------------- the victim
 
-def announce(run: Run, text: str) -> None:
-    """One line on stderr now (what the run is about to do, and why), and in the report's notes."""
-    print(f"dlclassics: {text}", file=sys.stderr)
-    run.note(text)
-
-
 def shape_of(data: ImageData) -> ImageShape:
     return ImageShape(data.channels, data.image_size, len(data.classes))
 
@@ -204,7 +203,7 @@ def trained_victim(cfg: Config, run: Run) -> tuple[PixelClassifier, ImageData, f
     layers = [mnist_classifier.QUICK if cfg.quick else {},
               {name: getattr(cfg, name) for name in ("dataset", "epochs", "seed", "device", "quick")}]
     classifier_cfg = resolve(mnist_classifier.Config, *layers)
-    announce(run, f"no --from-run: training mnist-classifier's CNN on {cfg.dataset} for {cfg.epochs} epochs first "
+    run.announce(f"no --from-run: training mnist-classifier's CNN on {cfg.dataset} for {cfg.epochs} epochs first "
                   "(pass --from-run runs/<classifier>/<run> to attack a finished one)")
     trained = mnist_classifier.run(classifier_cfg, run)
     data = load_images(cfg.dataset, run.data_dir, run.carve_test, run.unverified)

@@ -8,7 +8,7 @@ scattered on it. It reports no numbers (a figure). Beyond the source: a contour 
 two random filter-normalised directions around the final weights (Li et al. 2018), and the 1D
 interpolation from the initial to the final weights (Goodfellow et al. 2015).
 
-The grid is evaluated in batches of points with `torch.func` (see `dlclassics.landscape`); the
+The grid is evaluated in batches of points with `torch.func` (see `dlclassics.methods.landscape`); the
 loops over grid points are the idea of this experiment, so they live here, not in `engine.fit`.
 
     dlclassics run fashion-mlp && dlclassics run loss-landscape --from-run runs/fashion-mlp/<run>
@@ -27,15 +27,28 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from dlclassics import landscape
 from dlclassics.config import BaseConfig, option
 from dlclassics.data.images import image_datasets, load_for_run
 from dlclassics.data.transforms import flat_float, subsample
-from dlclassics.engine import evaluate_classifier, fit, flat_parameters, make_optimizer, seed_everything
+from dlclassics.engine import (
+    evaluate_classifier,
+    fit,
+    flat_parameters,
+    make_optimizer,
+    seed_everything,
+)
 from dlclassics.errors import RunError
 from dlclassics.experiments import fashion_mlp
+from dlclassics.methods import landscape
 from dlclassics.models.mlp import ACTIVATIONS, mlp
-from dlclassics.runs import FinishedRun, Reference, Run, Upstream, atomic_torch_save, load_tensor_file
+from dlclassics.runs import (
+    FinishedRun,
+    Reference,
+    Run,
+    Upstream,
+    atomic_torch_save,
+    load_tensor_file,
+)
 
 TITLE = "Loss landscape around the SGD trajectory of the Fashion-MNIST MLP (S1 Problem 3)"
 

@@ -6,7 +6,7 @@ Algo-2 = ULA: the same proposal, always accepted; tau = 0.01, chains started fro
 1,000 burn-in steps, then 1,000 kept samples; t-SNE of the samples in 2D and 3D. Reference (one
 chain, Apple GPU): Algo-1 burn-in 26.6 s / total 48.6 s, Algo-2 10.5 s / 21.4 s, so Algo-1 cost
 2.3x Algo-2. Ours runs many chains at once and costs one energy-and-gradient evaluation per step
-for both algorithms (`dlclassics.mcmc`), and reports MALA's acceptance rate and the effective
+for both algorithms (`dlclassics.methods.mcmc`), and reports MALA's acceptance rate and the effective
 sample size per second.
 
 The energy network comes from an `energy-regressor` run (`--from-run RUN_DIR`, which also brings
@@ -27,12 +27,14 @@ import torch
 
 from dlclassics import plots
 from dlclassics.config import BaseConfig, option
+from dlclassics.data.energy_files import load_energy_weights, load_exact_energy
+from dlclassics.data.energy_task import build_energy_task, standardise
 from dlclassics.data.images import image_datasets, load_for_run
 from dlclassics.engine import seed_everything
 from dlclassics.experiments import energy_regressor
-from dlclassics.mcmc import Chains, effective_sample_size, freeze, langevin
-from dlclassics.models.energy import (build_energy_task, load_energy_weights, load_exact_energy, standardise,
-                                      train_energy_regressor)
+from dlclassics.methods.mcmc import Chains, effective_sample_size, freeze, langevin
+from dlclassics.methods.pca import PCA
+from dlclassics.models.energy import train_energy_regressor
 from dlclassics.runs import METRICS, Reference, Run, Upstream, markdown_table
 
 TITLE = "MALA vs ULA sampling from the energy network, timed, with t-SNE views (S0 Task 1)"
@@ -84,7 +86,7 @@ def run(cfg: Config, run: Run) -> dict[str, Any]:
     network, exact, pixel_mean, pixel_std = energy_source(cfg, run, data, generator)
     reference, _, _ = standardise(data.test_x, pixel_mean, pixel_std)
     energy = exact if cfg.target == "exact" else freeze(network)  # exact: float64 inside, float32 states
-    run.mark_not_comparable("S0's trained weights are not available: the energy is ours (see models/energy.py); "
+    run.mark_not_comparable("S0's trained weights are not available: the energy is ours (see data/energy_task.py); "
                             f"times are for {cfg.chains} chain(s) on {run.device}, S0's for one chain on an Apple GPU")
 
     # ---- the two samplers, from the same N(0, I) start (as S0) and the same noise seed
@@ -95,7 +97,7 @@ def run(cfg: Config, run: Run) -> dict[str, Any]:
                for name in ("mala", "ula")}
 
     # ---- timings, acceptance, effective sample size, and (when known) the exact energy of the samples
-    directions = principal_directions(reference, 3)
+    directions = PCA(3).fit(reference.double()).components_.T.float()  # top principal axes [D, 3]
     metrics: dict[str, Any] = {}
     rows = []
     for name, chains in results.items():
@@ -137,13 +139,6 @@ def energy_source(cfg: Config, run: Run, data: Any, generator: torch.Generator) 
              f"{cfg.epochs} epochs (energy-regressor's exact energy); a longer energy-regressor run gives a "
              "better network")
     return model, task.exact.to(run.device), task.pixel_mean, task.pixel_std
-
-
-def principal_directions(x: torch.Tensor, k: int) -> torch.Tensor:
-    """The top-k principal axes [D, k] of x [N, D]."""
-    centred = x.double() - x.double().mean(0)
-    _, vectors = torch.linalg.eigh(centred.T @ centred)
-    return vectors[:, -k:].flip(1).float()
 
 
 def summarise(chains: Chains, cfg: Config, directions: torch.Tensor, exact: Any) -> dict[str, float]:
@@ -191,9 +186,8 @@ def save_figures(run: Run, cfg: Config, results: dict[str, Chains], reference: t
     labels = np.concatenate([np.full(len(p), i) for i, p in enumerate(picked)])
     names = [*groups, "data (test images)"]
     points = torch.cat(picked).double()
-    points = points - points.mean(0)
     components = min(50, *points.shape)
-    reduced = (points @ torch.linalg.svd(points, full_matrices=False).Vh[:components].T).float().numpy()
+    reduced = PCA(components).fit_transform(points).float().numpy()
     perplexity = min(30.0, (len(reduced) - 1) / 3.0)
     embedded_2d, used = tsne_2d(reduced, cfg.seed, perplexity, cfg.tsne_iterations)
     embedded_3d = TSNE(3, perplexity=perplexity, max_iter=cfg.tsne_iterations, random_state=cfg.seed

@@ -22,8 +22,15 @@ from dlclassics import plots
 from dlclassics.config import BaseConfig, option
 from dlclassics.data.images import image_datasets, load_for_run
 from dlclassics.data.splits import holdout
-from dlclassics.data.transforms import flat_float, subsample
-from dlclassics.engine import cosine_schedule, evaluate_classifier, fit, held_out, make_optimizer, seed_everything
+from dlclassics.data.transforms import images_4d, subsample
+from dlclassics.engine import (
+    cosine_schedule,
+    evaluate_classifier,
+    fit,
+    held_out,
+    make_optimizer,
+    seed_everything,
+)
 from dlclassics.errors import UsageError
 from dlclassics.models.cnn import small_cnn
 from dlclassics.runs import Reference, Run, check_classifier_loss
@@ -59,11 +66,6 @@ REFERENCES = [
     Reference("train_time_s", 300.0, "training time, seconds (our Fashion-MNIST target)", rule="at_most",
               dataset="fashion-mnist"),
 ]
-
-
-def images_4d(images: torch.Tensor, channels: int, size: int) -> torch.Tensor:
-    """uint8 [N, S, S] or [N, C, S, S] -> float [N, C, S, S] in [0, 1]."""
-    return flat_float(images).reshape(-1, channels, size, size)
 
 
 def run(cfg: Config, run: Run) -> dict[str, Any]:

@@ -20,7 +20,14 @@ from dlclassics import plots
 from dlclassics.config import BaseConfig, option
 from dlclassics.data.images import image_datasets, load_for_run
 from dlclassics.data.transforms import flat_float, subsample
-from dlclassics.engine import cosine_schedule, evaluate_classifier, fit, held_out, make_optimizer, seed_everything
+from dlclassics.engine import (
+    cosine_schedule,
+    evaluate_classifier,
+    fit,
+    held_out,
+    make_optimizer,
+    seed_everything,
+)
 from dlclassics.models.mlp import mlp
 from dlclassics.runs import Reference, Run, check_classifier_loss
 

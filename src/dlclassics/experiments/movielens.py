@@ -31,11 +31,27 @@ import torch
 
 from dlclassics import plots
 from dlclassics.config import BaseConfig, option
-from dlclassics.data.ratings import SEPARATORS, Ratings, RatingsData, load_for_run, ratings_datasets
+from dlclassics.data.ratings import (
+    SEPARATORS,
+    Ratings,
+    RatingsData,
+    load_for_run,
+    ratings_datasets,
+)
 from dlclassics.engine import seed_everything
 from dlclassics.errors import UsageError
-from dlclassics.methods.mf import (ALS, BayesianMF, BiasedALS, ItemMean, TruncatedSVD, cold_start_count, mae, mse,
-                                   rmse, single_threaded)
+from dlclassics.methods.mf import (
+    ALS,
+    BayesianMF,
+    BiasedALS,
+    ItemMean,
+    TruncatedSVD,
+    cold_start_count,
+    mae,
+    mse,
+    rmse,
+    single_threaded,
+)
 from dlclassics.runs import Reference, Run, markdown_table
 
 TITLE = "MovieLens-100k: item mean, SVD and ALS (S2 B.1), and a five-fold table beside Surprise's"

@@ -11,7 +11,7 @@ final theta of its last replicate (`SOURCE_FINAL_THETA`), which the report sets 
 The loop is the idea being taught, so it is written here rather than in `engine.fit`: every
 (gamma, method, replicate) trajectory is one row of a single tensor theta [G, M, R, D], the
 gradient of all of them is one batched expression, and each from-scratch optimiser
-(`dlclassics.optim`) updates its method's slice in place.
+(`dlclassics.methods.optim`) updates its method's slice in place.
 
     dlclassics run optimizers-noisy
     dlclassics run optimizers-noisy --recipe seed          # the source's methods only (Adam, SGD)
@@ -27,11 +27,12 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from dlclassics import optim, plots
+from dlclassics import plots
 from dlclassics.config import BaseConfig, option
 from dlclassics.data.linear_regression import LinearData, make_linear_data
 from dlclassics.engine import seed_everything
 from dlclassics.errors import UsageError
+from dlclassics.methods import optim
 from dlclassics.runs import Reference, Run, markdown_table
 
 TITLE = "SGD vs Adam vs Adagrad on |err|^gamma losses (S3)"

@@ -12,7 +12,7 @@ The tuned recipe is ProdLDA (Srivastava & Sutton 2017, Pyro's example): softplus
 batch norm on mu, log sigma and the decoder's logits, and the Laplace approximation of a
 Dirichlet(alpha) prior in the softmax basis; it does not collapse into identical topics.
 Every run fits scikit-learn's LDA on the same vocabulary with the same number of topics and reports
-NPMI in both conventions on held-out documents (`dlclassics.topics`), topic diversity and perplexity
+NPMI in both conventions on held-out documents (`dlclassics.methods.topics`), topic diversity and perplexity
 for both; on `--dataset synthetic` (drawn from LDA) it reports how well the true topics are recovered.
 Anchors: Pyro's ProdLDA on 20 Newsgroups, NPMI 0.355 (document co-occurrence, held out, 20 topics).
 
@@ -35,11 +35,20 @@ from scipy import sparse
 from torch import nn
 from torch.nn import functional as F
 
-from dlclassics import plots, topics
+from dlclassics import plots
 from dlclassics.config import BaseConfig, option
-from dlclassics.data.text import NEWS_PARTS, Corpus, load_corpus, text_datasets, token_ids, vectorize
+from dlclassics.data.text import (
+    NEWS_PARTS,
+    Corpus,
+    load_corpus,
+    text_datasets,
+    token_ids,
+    vectorize,
+)
 from dlclassics.engine import fit, make_optimizer, seed_everything
 from dlclassics.errors import RunError
+from dlclassics.methods import topics
+from dlclassics.methods.pca import PCA
 from dlclassics.runs import Reference, Run, markdown_table
 
 TITLE = "Neural topic model (ProdLDA-style VAE) beside LDA: NPMI, recovery of known topics (S2)"
@@ -448,9 +457,8 @@ def save_figures(run: Run, cfg: Config, model: TopicVAE, data: Prepared, history
 def save_document_map(run: Run, theta: np.ndarray, data: Prepared) -> None:
     """Held-out documents' topic proportions projected on their first two principal components, by label."""
     import matplotlib.pyplot as plt
-    from sklearn.decomposition import PCA
 
-    points = PCA(n_components=2, random_state=0).fit_transform(theta)
+    points = PCA(2).fit_transform(torch.from_numpy(theta)).numpy()
     figure, axes = plt.subplots(figsize=(6.4, 5.0))
     for index, label in enumerate(data.classes):
         mine = data.test_labels == index

@@ -28,7 +28,13 @@ from dlclassics.data.transforms import flat_float, subsample
 from dlclassics.engine import fit, make_optimizer, seed_everything
 from dlclassics.errors import RunError, UsageError
 from dlclassics.models.vae import LIKELIHOODS, VAE, elbo
-from dlclassics.runs import FinishedRun, Reference, Run, atomic_torch_save, load_tensor_file
+from dlclassics.runs import (
+    FinishedRun,
+    Reference,
+    Run,
+    atomic_torch_save,
+    load_tensor_file,
+)
 
 TITLE = "Amortised VAE on MNIST: training, reconstructions, prior samples (S4 Q1-Q2)"
 SNAPSHOTS = (1, 5, 10, 20, 30)

@@ -32,8 +32,15 @@ from dlclassics.data.images import image_datasets
 from dlclassics.engine import seed_everything
 from dlclassics.errors import UsageError
 from dlclassics.experiments import vae
-from dlclassics.models.vae import (VAE, bits_per_dim, continuous_bernoulli_log_norm, effective_sample_size,
-                                   importance_log_weights, log_mean_exp_with_stderr, standard_normal_log_density)
+from dlclassics.models.vae import (
+    VAE,
+    bits_per_dim,
+    continuous_bernoulli_log_norm,
+    effective_sample_size,
+    importance_log_weights,
+    log_mean_exp_with_stderr,
+    standard_normal_log_density,
+)
 from dlclassics.runs import Reference, Run, Upstream, markdown_table
 
 TITLE = "log p(x) under a VAE by importance sampling (S4 Q4)"

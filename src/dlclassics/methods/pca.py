@@ -14,7 +14,10 @@ import torch
 class PCA:
     """`PCA(n_components).fit(x)` on x [n, d]; `transform` gives codes [n, k], `inverse_transform` maps
     them back to [n, d]. Learned: `mean_` [d], `components_` [k, d] (orthonormal rows, largest variance
-    first), `singular_values_`, `explained_variance_`, `explained_variance_ratio_` [k].
+    first), `singular_values_`, `explained_variance_`, `explained_variance_ratio_` [k], and
+    `noise_variance_`: the mean variance along the d - k discarded directions (probabilistic PCA's
+    maximum-likelihood noise; with fewer samples than features it counts the directions without
+    variance too, where scikit-learn's averages only over the first min(n, d) - k).
 
     Each component's sign is fixed so that its largest-magnitude coordinate is positive: the same data
     give the same components whatever the SVD routine returns.
@@ -36,6 +39,8 @@ class PCA:
         self.singular_values_ = singular[: self.n_components]
         self.explained_variance_ = self.singular_values_.square() / max(n - 1, 1)
         self.explained_variance_ratio_ = self.singular_values_.square() / singular.square().sum()
+        discarded = singular[self.n_components:].square().sum() / max(n - 1, 1)
+        self.noise_variance_ = discarded.item() / (d - self.n_components) if d > self.n_components else 0.0
         return self
 
     def transform(self, x: torch.Tensor) -> torch.Tensor:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from dlclassics.engine import batched_outputs
+
 ACTIVATIONS = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh, "identity": nn.Identity}
 
 
@@ -46,12 +48,6 @@ def reconstruction_step(model: nn.Module, batch: list[torch.Tensor]) -> dict[str
     return {"loss": nn.functional.mse_loss(model(inputs), inputs)}
 
 
-@torch.no_grad()
 def reconstruction_error(model: nn.Module, inputs: torch.Tensor, batch_size: int = 4096) -> float:
     """Mean squared error per pixel over `inputs` [N, D], in eval mode, batched."""
-    was_training = model.training
-    model.eval()
-    total = sum(nn.functional.mse_loss(model(chunk), chunk, reduction="sum").item()
-                for chunk in inputs.split(batch_size))
-    model.train(was_training)
-    return total / inputs.numel()
+    return nn.functional.mse_loss(batched_outputs(model, inputs, batch_size), inputs).item()

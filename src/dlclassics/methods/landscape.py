@@ -17,6 +17,8 @@ import torch
 from torch import nn
 from torch.func import functional_call, vmap
 
+from dlclassics.methods.pca import PCA
+
 
 def unflatten(model: nn.Module, points: torch.Tensor) -> dict[str, torch.Tensor]:
     """Points [C, P] -> {parameter name: [C, *shape]} (views, no copies)."""
@@ -100,21 +102,16 @@ def plane_chunks(origin: torch.Tensor, directions: torch.Tensor, coefficients: t
 
 
 def pca_plane(trajectory: torch.Tensor) -> dict[str, torch.Tensor]:
-    """PCA with 2 components of a trajectory [T, P] (S1 uses sklearn's PCA; this is the same SVD).
+    """PCA with 2 components of a trajectory [T, P] (S1 uses sklearn's PCA; ours has its sign convention).
 
     Returns the mean [P], the unit directions [2, P], the trajectory's coordinates [T, 2] in the
     plane (sklearn's `transform`) and the fraction of variance each component explains [2]."""
-    mean = trajectory.mean(0)
-    centred = (trajectory - mean).double()  # T is small; double keeps the tiny late steps accurate
-    _, singular, directions = torch.linalg.svd(centred, full_matrices=False)  # directions [min(T, P), P]
-    if len(singular) < 2:
+    if len(trajectory) < 2:
         raise ValueError("a PCA plane needs a trajectory of at least 2 distinct points")
-    # sklearn's sign convention (svd_flip): the largest-magnitude loading of each component is positive
-    signs = torch.sign(directions[:2].gather(1, directions[:2].abs().argmax(1, keepdim=True)))
-    directions = (directions[:2] * signs).float()
-    explained = singular[:2].square() / singular.square().sum()
+    pca = PCA(2).fit(trajectory.double())  # T is small; double keeps the tiny late steps accurate
+    mean, directions = trajectory.mean(0), pca.components_.float()
     return {"mean": mean, "directions": directions, "coordinates": (trajectory - mean) @ directions.T,
-            "explained": explained.float()}
+            "explained": pca.explained_variance_ratio_.float()}
 
 
 def grid_axes(coordinates: torch.Tensor, points: int = 25, margin: float = 0.2) -> tuple[torch.Tensor, torch.Tensor]:
