@@ -8,11 +8,12 @@ Nothing good is ever lost: a file already present that verifies is kept as it is
 downloaded again); a download goes to a temporary name, is verified there, and only then renamed
 over the final name; on any failure only that temporary file is removed.
 
-A dataset published as one archive (its spec's `archive`: CIFAR-10) is fetched whole instead: the
-archive's size and sha256 are checked before it is opened, it is extracted into a temporary folder
-with tarfile's `data` filter (no absolute paths, no `..`, no links out, no devices), every declared
-file is verified there, and only then renamed into place. Without network, an archive the user put
-in the target folder under its official name is verified and extracted the same way.
+A dataset published as one archive (its spec's `archive`: CIFAR-10's tar, MovieLens's zip) is fetched
+whole instead: the archive's size and checksum are checked before it is opened, it is extracted into a
+temporary folder (a tar with tarfile's `data` filter; a zip only when none of its members is absolute,
+goes up with `..`, or is a link or a device), every declared file is verified there, and only then
+renamed into place. Without network, an archive the user put in the target folder under its official
+name is verified and extracted the same way.
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ import tarfile
 import tempfile
 import urllib.error
 import urllib.request
+import zipfile
 import zlib
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from dlclassics.data import registry
 from dlclassics.data.registry import (
@@ -39,6 +41,7 @@ from dlclassics.data.registry import (
 from dlclassics.errors import RunError
 
 TIMEOUT_SECONDS = 30
+MAX_ARCHIVE_BYTES = 1 << 32  # an archive without a published size, and what any archive may unpack to
 CHUNK_BYTES = 1 << 20
 
 
@@ -102,10 +105,6 @@ def fetch(name: str, target: Path | None = None) -> Path:
     if not spec.mirrors and not os.environ.get("DLCLASSICS_MIRROR"):
         raise RunError(f"'{name}' has no download location; {spec.install_hint}")
     _writable(folder)
-    if spec.zip_archive is not None:  # one archive holds every file: fetched whole, read safely, each file verified
-        from dlclassics.data.archives import fetch_archive as fetch_zip_archive
-
-        return fetch_zip_archive(spec, folder)
     for entry in spec.files:
         if already_verified(spec, folder, entry):
             continue
@@ -144,20 +143,21 @@ def fetch_archive(spec: DatasetSpec, archive: Archive, folder: Path) -> Path:
         return folder
     override = os.environ.get("DLCLASSICS_MIRROR")
     urls = ([override.rstrip("/") + f"/{archive.name}"] if override else []) + [archive.url]
+    limit = archive.size or MAX_ARCHIVE_BYTES
     fd, temporary = tempfile.mkstemp(dir=folder, prefix=f".{archive.name}.", suffix=".part")
     os.close(fd)
     try:
         failures = []
         for url in urls:
             try:
-                download_to(url, Path(temporary), archive.size)
+                download_to(url, Path(temporary), limit)
                 verify_archive(Path(temporary), archive, shown=url)
                 break
             except RunError as exc:
                 failures.append(str(exc))
         else:
             raise RunError(f"could not download {archive.name} ({'; '.join(failures)}); without network, download "
-                           f"{archive.url} (sha256 {archive.sha256}) by other means into {folder} and run "
+                           f"{archive.url} ({archive.checksum()}) by other means into {folder} and run "
                            f"'dlclassics data fetch {spec.name}' again")
         extract_archive(spec, archive, Path(temporary), folder)
     finally:
@@ -184,23 +184,53 @@ def download_to(url: str, path: Path, limit: int) -> None:
 
 
 def verify_archive(path: Path, archive: Archive, shown: str | None = None) -> None:
-    """The archive's size and sha256 against the official ones, before it is opened."""
+    """The archive's size and checksum against the official ones, before it is opened."""
     where = shown or str(path)
+    kind, official = ("sha256", archive.sha256) if archive.sha256 else ("md5", archive.md5)
     with open(path, "rb") as handle:
         head = handle.read(64)
         handle.seek(0)
-        digest = hashlib.file_digest(handle, "sha256").hexdigest()
+        digest = hashlib.file_digest(handle, kind).hexdigest()
     size = path.stat().st_size
     if is_html("", head):
         problem = "is an HTML page (a login or error page saved under the archive's name)"
-    elif size != archive.size:
+    elif archive.size is not None and size != archive.size:
         problem = f"has {size:,} bytes, the official archive {archive.size:,}"
-    elif digest != archive.sha256:
-        problem = f"has sha256 {digest}, the official archive {archive.sha256}"
+    elif digest != official:
+        problem = f"has {kind} {digest}, the official archive {official}"
     else:
         return
     raise RunError(f"{where} is not the official {archive.name}: it {problem}; delete it and download "
                    f"{archive.url} again")
+
+
+def unsafe_reason(name: str) -> str | None:
+    """Why a member name could write outside the extraction folder, or None when it cannot."""
+    path = PurePosixPath(name)
+    if path.is_absolute() or name.startswith("\\") or (len(name) > 1 and name[1] == ":"):
+        return "an absolute path"
+    if "\\" in name:
+        return "a Windows path"
+    if ".." in path.parts:
+        return "a path going up with '..'"
+    return None
+
+
+def _extract_zip(path: Path, staging: Path) -> None:
+    """Every member of the zip into `staging`, once all are known safe: zipfile itself would quietly rewrite
+    an absolute or `..` name (the official archive holds none: such a zip is not it) and does not refuse
+    links; the declared sizes are bounded too (zipfile reads no more than a member declares)."""
+    with zipfile.ZipFile(path) as archive:
+        members = archive.infolist()
+        for info in members:
+            kind = (info.external_attr >> 16) & 0o170000  # 0: no mode recorded
+            reason = unsafe_reason(info.filename) or (None if kind in (0, 0o100000, 0o040000)
+                                                       else "a link or special file")
+            if reason:
+                raise RunError(f"{path}: member {info.filename!r} is {reason}; refused (not the official archive)")
+        if sum(info.file_size for info in members) > MAX_ARCHIVE_BYTES:
+            raise RunError(f"{path} would unpack to more than {MAX_ARCHIVE_BYTES:,} bytes; refused")
+        archive.extractall(staging)
 
 
 def _data_filter(member: tarfile.TarInfo, destination: str) -> tarfile.TarInfo:
@@ -216,9 +246,12 @@ def extract_archive(spec: DatasetSpec, archive: Archive, path: Path, folder: Pat
     staging = Path(tempfile.mkdtemp(dir=folder, prefix=f".{spec.name}-extract-"))
     try:
         try:
-            with tarfile.open(path, "r:*") as tar:
-                tar.extractall(staging, filter=_data_filter)
-        except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
+            if zipfile.is_zipfile(path):
+                _extract_zip(path, staging)
+            else:
+                with tarfile.open(path, "r:*") as tar:
+                    tar.extractall(staging, filter=_data_filter)
+        except (tarfile.TarError, zipfile.BadZipFile, OSError, EOFError, zlib.error) as exc:
             raise RunError(f"{path} cannot be extracted safely ({exc}); delete it and fetch it again") from None
         extracted = {entry: staging / archive.member_dir / entry.name for entry in spec.files}
         for entry, member in extracted.items():

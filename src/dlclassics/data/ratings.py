@@ -32,6 +32,7 @@ import numpy as np
 
 from dlclassics.data.idx import _open, _read_exactly
 from dlclassics.data.registry import (
+    Archive,
     DamagedFile,
     DataFile,
     DatasetSpec,
@@ -315,8 +316,8 @@ MOVIELENS_100K = register(RatingsDatasetSpec(
     title="MovieLens 100k (GroupLens): 100,000 ratings 1-5 by 943 users on 1,682 movies, folds u1..u5, ua, ub",
     kind="ratings",
     files=_movielens_files(),
-    mirrors=("https://files.grouplens.org/datasets/movielens/",),
-    zip_archive=("ml-100k.zip", "0e33842e24a9c977be4e0107933c0723"),  # md5 published beside it (ml-100k.zip.md5)
+    archive=Archive("ml-100k.zip", "https://files.grouplens.org/datasets/movielens/ml-100k.zip",
+                    md5="0e33842e24a9c977be4e0107933c0723", member_dir="ml-100k"),  # md5 published beside it
     folder_aliases=("ml-100k",),
     install_hint="run 'dlclassics data fetch movielens-100k' (needs network), pass --data-dir to a folder holding "
                  "ml-100k/, or --set ratings_file=FILE for your own ratings",

@@ -60,14 +60,20 @@ class DataFile:
 
 @dataclasses.dataclass(frozen=True)
 class Archive:
-    """The one file a dataset is published as (a .tar.gz): fetched whole, its sha256 checked before anything
-    is extracted; the dataset's `files` are its members `<member_dir>/<file name>`."""
+    """The one file a dataset is published as (a tar or a zip): fetched whole, its checksum checked before
+    anything is extracted; the dataset's `files` are its members `<member_dir>/<file name>`. Publishers give
+    a sha256 or only an md5 (MovieLens); at least one is required."""
 
     name: str  # e.g. cifar-10-binary.tar.gz
     url: str
-    sha256: str
-    size: int  # bytes; a longer download is refused
+    sha256: str | None = None
+    md5: str | None = None
+    size: int | None = None  # bytes, when published: a longer download is refused, another size is not official
     member_dir: str = ""  # the folder inside the archive that holds the files
+
+    def checksum(self) -> str:
+        """How to check it by hand: 'sha256 <hex>' (preferred) or 'md5 <hex>'."""
+        return f"sha256 {self.sha256}" if self.sha256 else f"md5 {self.md5}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,8 +89,6 @@ class DatasetSpec:
     system_folders: tuple[str, ...] = ()  # where a system package installs it (e.g. /usr/share/man)
     install_hint: str = ""
     archive: Archive | None = None  # when the files are published inside one archive (fetched by `data fetch`)
-    # A zip or tar published with only its md5 (MovieLens): its files are read out of it one by one.
-    zip_archive: tuple[str, str | None] | None = None  # (name on the mirrors, its md5)
 
     @property
     def splits(self) -> tuple[str, ...]:
