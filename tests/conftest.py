@@ -66,19 +66,29 @@ def generated_image_data(folder: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return root
 
 
+def unchecked_specs_for_every_experiment() -> dict[str, registry.DatasetSpec]:
+    """The specs `generated_data_for_every_experiment`'s files pass: checksums and official sizes off."""
+    from cifar_files import generated_spec
+    from text_files import unchecked_news
+
+    return {**unchecked_image_datasets(), "cifar10": generated_spec(), "movielens-100k": unchecked("movielens-100k"),
+            "20newsgroups": unchecked_news()}
+
+
 def generated_data_for_every_experiment(folder: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """`generated_image_data`, plus every other dataset an experiment reads by default, generated in its
     official layout: CIFAR-10 binary batches, MovieLens-100k, man pages and a 20news-bydate archive."""
-    from cifar_files import generated_spec, use_spec, write_layouts
+    from cifar_files import write_layouts
     from ratings_data import write_movielens
     from text_files import write_text_data
 
     root = generated_image_data(folder, monkeypatch)
     write_layouts(root, per_batch=60, layouts=("bin",))
-    use_spec(monkeypatch, generated_spec())
     write_movielens(root / "movielens-100k")
-    monkeypatch.setitem(registry.DATASETS, "movielens-100k", unchecked("movielens-100k"))
-    return write_text_data(root, monkeypatch)
+    write_text_data(root)
+    for name, spec in unchecked_specs_for_every_experiment().items():
+        monkeypatch.setitem(registry.DATASETS, name, spec)
+    return root
 
 
 @pytest.fixture
@@ -87,16 +97,18 @@ def image_data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 @pytest.fixture
-def image_data_dir_for_processes(image_data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """`image_data_dir`, also for the Python processes a test starts (`--nproc`): a sitecustomize module
-    switches their checksums off as the fixture does in this one."""
+def data_dir_for_processes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """`generated_data_for_every_experiment`, also for the Python processes a test starts (`--nproc`): a
+    sitecustomize module switches their checksums off as the fixture does in this one."""
+    data = generated_data_for_every_experiment(tmp_path, monkeypatch)
     site = tmp_path / "site"
     site.mkdir()
     (site / "sitecustomize.py").write_text(
         f"import sys\nsys.path.insert(0, {str(Path(__file__).parent)!r})\nimport conftest\n"
-        "from dlclassics.data import registry\nregistry.DATASETS.update(conftest.unchecked_image_datasets())\n")
+        "from dlclassics.data import registry\n"
+        "registry.DATASETS.update(conftest.unchecked_specs_for_every_experiment())\n")
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")])))
-    return image_data_dir
+    return data
 
 
 @contextlib.contextmanager

@@ -121,9 +121,9 @@ def test_process_options_are_checked(argv, needle, image_data_dir, tmp_path, cap
     assert not (tmp_path / "mnist-mlp").exists()
 
 
-def test_nproc_2_resumes_a_classifier_through_the_cli_with_rank_0_alone_writing(image_data_dir_for_processes,
+def test_nproc_2_resumes_a_classifier_through_the_cli_with_rank_0_alone_writing(data_dir_for_processes,
                                                                                tmp_path, monkeypatch):
-    data = image_data_dir_for_processes
+    data = data_dir_for_processes
     scratch = tmp_path / "tmp"
     scratch.mkdir()
     monkeypatch.setenv("TMPDIR", str(scratch))  # where rank 1 keeps its copy of the run folder

@@ -71,9 +71,11 @@ def test_every_consumer_runs_on_its_producers_run(experiment: str, producer: str
 
 @pytest.mark.slow
 @pytest.mark.parametrize("experiment", list(registry.EXPERIMENTS))
-def test_every_experiment_runs_on_two_processes(experiment: str, image_data_dir_for_processes: Path,
+def test_every_experiment_runs_on_two_processes(experiment: str, data_dir_for_processes: Path,
                                                 tmp_path: Path) -> None:
-    folder = run_quick(experiment, image_data_dir_for_processes, tmp_path / "runs", "--nproc", "2")
+    option, needed = NEEDS_A_RUN.get(experiment, ("", None))
+    extra = (option, str(run_quick(needed, data_dir_for_processes, tmp_path / "needed"))) if needed else ()
+    folder = run_quick(experiment, data_dir_for_processes, tmp_path / "runs", "--nproc", "2", *extra)
     check_run_folder(folder)
     assert json.loads((folder / "config.json").read_text())["world_size"] == 2
 

@@ -15,7 +15,7 @@ import pytest
 import torch
 from conftest import run_quick
 from scipy import sparse
-from text_files import write_text_data
+from text_files import unchecked_news, write_text_data
 from torch.nn import functional as F
 
 from dlclassics.cli import main
@@ -174,7 +174,8 @@ def text_data_dir(tmp_path, monkeypatch):
     """Generated man pages and a 20news-bydate archive (its checksum switched off) under one data dir."""
     monkeypatch.setattr(registry, "SYSTEM_DIRS", ())
     monkeypatch.setattr(registry, "CACHE_DIR", tmp_path / "cache")
-    return write_text_data(tmp_path / "data", monkeypatch)
+    monkeypatch.setitem(registry.DATASETS, "20newsgroups", unchecked_news())
+    return write_text_data(tmp_path / "data")
 
 
 def _metrics(folder) -> dict:
@@ -208,7 +209,7 @@ def test_quick_run_on_a_folder(tmp_path):
 
 def test_synthetic_quick_run_reports_recovery_and_is_reproducible(tmp_path):
     first = _metrics(run_quick("topic-vae", tmp_path, tmp_path / "a", "--dataset", "synthetic"))
-    again = _metrics(run_quick("topic-vae", tmp_path, tmp_path / "b", "--dataset", "synthetic"))
+    again = _metrics(run_quick("topic-vae", tmp_path, tmp_path / "b", "--corpus", "synthetic"))
     assert 0 < first["recovery"] <= 1 and 0 < first["lda_recovery"] <= 1 and "npmi_window" not in first
     timing = ("train_time_s", "lda_time_s", "wall_time_s")
     assert {k: v for k, v in first.items() if k not in timing} == {k: v for k, v in again.items() if k not in timing}

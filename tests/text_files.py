@@ -9,8 +9,6 @@ import io
 import tarfile
 from pathlib import Path
 
-import pytest
-
 from dlclassics.data import registry
 
 POST = """From: someone@example.org (Some One)
@@ -74,9 +72,15 @@ def man_tree(root: Path) -> Path:
     return root
 
 
-def write_text_data(root: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def unchecked_news() -> registry.DatasetSpec:
+    """20newsgroups with the archive's checksum switched off (a generated archive cannot match it)."""
+    spec = registry.dataset("20newsgroups")
+    return dataclasses.replace(spec, files=(dataclasses.replace(spec.files[0], sha256=None),))
+
+
+def write_text_data(root: Path) -> Path:
     """`root/manpages-dev` (40 short pages on three themes besides `man_tree`'s) and
-    `root/20newsgroups/20news-bydate.tar.gz` (its checksum switched off): enough for a vocabulary and a
+    `root/20newsgroups/20news-bydate.tar.gz` (for `unchecked_news`): enough for a vocabulary and a
     held-out part."""
     man_tree(root / "manpages-dev")
     for index in range(40):
@@ -86,7 +90,4 @@ def write_text_data(root: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         (root / "manpages-dev" / section / f"p{index}.{section[-1]}").write_text(page)
     (root / "20newsgroups").mkdir()
     news_archive(root / "20newsgroups" / "20news-bydate.tar.gz", per_group=12)
-    spec = registry.dataset("20newsgroups")
-    monkeypatch.setitem(registry.DATASETS, "20newsgroups",
-                        dataclasses.replace(spec, files=(dataclasses.replace(spec.files[0], sha256=None),)))
     return root

@@ -47,7 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="seed = the source's hyperparameters; tuned (default) = ours, same or better, faster")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config option")
     run.add_argument("--config", type=Path, help="TOML file of option values")
-    run.add_argument("--dataset", help="dataset for experiments that accept several (mnist, fashion-mnist, ...)")
+    run.add_argument("--dataset", "--corpus", help="dataset (or text corpus) for experiments that accept several "
+                     "(mnist, fashion-mnist, ...; topic-vae: manpages-dev, 20newsgroups, synthetic, ...)")
     run.add_argument("--epochs", type=int, help="training epochs (the main training of the experiment)")
     run.add_argument("--seed", type=int, help="seed of every random draw; the same seed gives the same numbers")
     run.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"),
