@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One entry point for a fresh machine.
-#   bash scripts/quickstart.sh        set up, get Fashion-MNIST offline, run the main job (fashion-mlp)
+#   bash scripts/quickstart.sh        set up, get Fashion-MNIST (and man pages) offline, run the main job (fashion-mlp)
 #   bash scripts/quickstart.sh test   set up, run the default test suite
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,13 +27,17 @@ if [ "$mode" = "test" ]; then
   exec .venv/bin/python -m pytest
 fi
 
-# Fashion-MNIST comes from Debian's package where apt-get is available.
-if ! .venv/bin/dlclassics data status fashion-mnist | grep -q " ok "; then
+# Fashion-MNIST (the main job's data) and the man pages (topic-vae's offline corpus) come from Debian's
+# packages where apt-get is available.
+missing=""
+.venv/bin/dlclassics data status fashion-mnist | grep " ok " >/dev/null || missing="dataset-fashion-mnist"
+.venv/bin/dlclassics data status manpages-dev | grep " ok " >/dev/null || missing="$missing manpages-dev"
+if [ -n "$missing" ]; then
   if command -v apt-get >/dev/null; then
     sudo_cmd=""; [ "$(id -u)" = 0 ] || sudo_cmd="sudo"
-    $sudo_cmd apt-get install -y -q dataset-fashion-mnist >/dev/null \
-      || { $sudo_cmd apt-get update -q >/dev/null && $sudo_cmd apt-get install -y -q dataset-fashion-mnist >/dev/null; }
-  else
+    $sudo_cmd apt-get install -y -q $missing >/dev/null \
+      || { $sudo_cmd apt-get update -q >/dev/null && $sudo_cmd apt-get install -y -q $missing >/dev/null; }
+  elif [[ "$missing" == *dataset-fashion-mnist* ]]; then
     echo "quickstart: Fashion-MNIST is missing and apt-get is not available: run '.venv/bin/dlclassics data fetch fashion-mnist' (needs network) or put the four IDX files in ~/.cache/dlclassics/fashion-mnist/" >&2
     exit 1
   fi
