@@ -219,6 +219,9 @@ def in_processes(module: Any, args: argparse.Namespace, config: Any, from_run: A
     from dlclassics.engine import resolve_device
 
     threads = distributed.use_threads(place.local_world_size if place else 1, args.threads)
+    hint = distributed.busy_machine_hint(threads, args.threads)
+    if hint and (place is None or place.rank == 0):
+        print(f"dlclassics: {hint}", file=sys.stderr)
     device = resolve_device(config.device)
     if place is None:
         return execute(module, new_run(module, args, config, from_run, device, threads))
