@@ -97,16 +97,20 @@ def test_threads_divide_the_cores_among_the_local_processes(monkeypatch):
 
 def test_a_busy_machine_gets_a_hint_to_use_one_thread(image_data_dir, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(distributed, "available_cores", lambda: 2)
-    monkeypatch.setattr(distributed.os, "getloadavg", lambda: (0.4, 0.4, 0.4))
+    monkeypatch.setattr(distributed, "other_runnable", lambda: 0.0)
     assert distributed.busy_machine_hint(2) is None  # idle
-    monkeypatch.setattr(distributed.os, "getloadavg", lambda: (2.9, 2.0, 1.0))
-    assert "load average 2.9 on 2 cores" in distributed.busy_machine_hint(2)
+    monkeypatch.setattr(distributed, "other_runnable", lambda: 2.0)
+    assert "2 other threads running on 2 cores" in distributed.busy_machine_hint(2)
     assert distributed.busy_machine_hint(1) is None and distributed.busy_machine_hint(2, override=2) is None
     monkeypatch.setattr(distributed, "TORCH_DEFAULT_THREADS", 2)
     run_quick("mnist-mlp", image_data_dir, tmp_path / "runs", "--threads", "2")
     assert "--threads 1 avoids" not in capsys.readouterr().err  # the user chose
     run_quick("mnist-mlp", image_data_dir, tmp_path / "again")
     assert capsys.readouterr().err.count("--threads 1 avoids that") == 1
+
+
+def test_other_runnable_threads_are_counted_without_this_one():
+    assert 0 <= distributed.other_runnable(samples=2) < 10_000
 
 
 def test_threads_are_set_and_recorded_in_config_json(image_data_dir, tmp_path, monkeypatch):

@@ -74,14 +74,28 @@ def busy_machine_hint(threads: int, override: int | None = None) -> str | None:
     here: a --quick mnist-classifier trained in 25.8 s on 2 threads beside another job, 5.0 s on 1).
     The thread count is not changed behind the user's back: it can change results in the last digits.
     """
-    if override is not None or threads <= 1 or not hasattr(os, "getloadavg"):
+    if override is not None or threads <= 1:
         return None
-    others, cores = os.getloadavg()[0], available_cores()
-    if others <= cores / 2:
+    others, cores = other_runnable(), available_cores()
+    if others < cores / 2:
         return None
-    return (f"other work keeps this machine busy (load average {others:.1f} on {cores} cores): with {threads} "
-            "threads small batches can run many times slower; --threads 1 avoids that (results may then differ "
-            "in the last digits)")
+    return (f"other work keeps this machine busy ({others:g} other threads running on {cores} cores): with "
+            f"{threads} threads small batches can run many times slower; --threads 1 avoids that (results may "
+            "then differ in the last digits)")
+
+
+def other_runnable(samples: int = 5) -> float:
+    """Threads of other processes that want a core now: on Linux the fewest of a few samples of the
+    running count in /proc/loadavg, less this thread (the load average would still count a job that
+    just ended for a minute); elsewhere the 1-minute load average."""
+    try:
+        counts = []
+        for _ in range(samples):
+            counts.append(int(Path("/proc/loadavg").read_text().split()[3].split("/")[0]) - 1)
+            time.sleep(0.02)
+        return float(min(counts))
+    except (OSError, IndexError, ValueError):
+        return os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
 
 
 def use_threads(local_processes: int, override: int | None = None) -> int:

@@ -106,14 +106,14 @@ QUICK = {"labels": (20, 0), "repeats": 1, "steps": 12, "batch_size": 16, "limit"
          "feature_batch": 64}
 
 REFERENCES = [
-    Reference("frozen_test_accuracy", 0.83, "(a) frozen AlexNet: test accuracy (the source trained every layer)",
-              tolerance=0.02, dataset="cifar10"),
-    Reference("frozen_test_loss", 0.577, "(a) frozen AlexNet: test loss", rule="lower", tolerance=0.05,
-              dataset="cifar10"),
-    Reference("finetune_test_accuracy", 0.79, "(b) fine-tuned AlexNet: test accuracy", tolerance=0.02,
-              dataset="cifar10"),
-    Reference("finetune_test_loss", 0.556, "(b) fine-tuned AlexNet: test loss", rule="lower", tolerance=0.05,
-              dataset="cifar10"),
+    Reference("frozen_test_accuracy", 0.83, "(a) frozen backbone: test accuracy (source: AlexNet on CIFAR-10, "
+              "where it trained every layer)", tolerance=0.02, dataset="cifar10"),
+    Reference("frozen_test_loss", 0.577, "(a) frozen backbone: test loss (source: AlexNet on CIFAR-10)",
+              rule="lower", tolerance=0.05, dataset="cifar10"),
+    Reference("finetune_test_accuracy", 0.79, "(b) fine-tuned backbone: test accuracy (source: AlexNet on "
+              "CIFAR-10)", tolerance=0.02, dataset="cifar10"),
+    Reference("finetune_test_loss", 0.556, "(b) fine-tuned backbone: test loss (source: AlexNet on CIFAR-10)",
+              rule="lower", tolerance=0.05, dataset="cifar10"),
 ]
 
 
