@@ -57,6 +57,18 @@ def test_pca_error_is_the_discarded_variance_and_signs_are_fixed():
     assert torch.allclose(PCA(4).fit(-x).components_, PCA(4).fit(x).components_)  # same sign, whatever the data's
 
 
+def test_pca_noise_variance_is_the_mean_discarded_eigenvalue_of_all_directions():
+    """Probabilistic PCA's residual averages the d - k discarded eigenvalues, the zero ones included when
+    there are fewer samples than features (scikit-learn's averages over min(n, d) - k only)."""
+    for n in (300, 12):  # more samples than the 20 features, then fewer
+        x = _data(n=n).double()
+        eigenvalues = torch.linalg.eigvalsh(torch.cov(x.T)).flip(0)  # largest first, n - 1 in the denominator
+        for k in (1, 4, 10):
+            assert PCA(k).fit(x).noise_variance_ == pytest.approx(eigenvalues[k:].clamp_min(0).mean().item(),
+                                                                  rel=1e-9, abs=1e-12)
+    assert PCA(12).fit(_data(n=12)).noise_variance_ == pytest.approx(0.0, abs=1e-12)  # nothing but zeros left
+
+
 def test_pca_refuses_more_components_than_the_data_has():
     with pytest.raises(ValueError, match="between 1 and min"):
         PCA(21).fit(_data())
