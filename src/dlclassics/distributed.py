@@ -79,9 +79,9 @@ def busy_machine_hint(threads: int, override: int | None = None) -> str | None:
     others, cores = other_runnable(), available_cores()
     if others < cores / 2:
         return None
-    return (f"other work keeps this machine busy ({others:g} other threads running on {cores} cores): with "
-            f"{threads} threads small batches can run many times slower; --threads 1 avoids that (results may "
-            "then differ in the last digits)")
+    return (f"other work keeps this machine busy ({others:g} other thread{'' if others == 1 else 's'} running "
+            f"on {cores} cores): with {threads} threads small batches can run many times slower; --threads 1 "
+            "avoids that (results may then differ in the last digits)")
 
 
 def other_runnable(samples: int = 5) -> float:
