@@ -122,15 +122,22 @@ def fgsm_curve(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epsilons: Seq
                batch_size: int) -> torch.Tensor:
     """Correct [E, N]: image n classified right before and after FGSM at epsilons[e] (the tutorial's count).
 
-    One gradient per image serves every epsilon. At epsilon 0 the input is bitwise the clean image,
+    One gradient per image serves every epsilon, and only the images classified right before the attack
+    are attacked (the others count as wrong at every epsilon). At epsilon 0 the attack changes nothing,
     so that row is exactly the clean accuracy.
     """
     rows = []
     for xb, yb in batches(x, y, batch_size):
         sign = loss_gradient(model, xb, yb)[0].sign()
         clean = predict(model, xb) == yb
-        rows.append(torch.stack([clean & (predict(model, (xb + eps * sign).clamp(0.0, 1.0)) == yb)
-                                 for eps in epsilons]))
+        right, labels, signs = xb[clean], yb[clean], sign[clean]
+        row = []
+        for eps in epsilons:
+            correct = clean.clone()
+            if eps > 0:
+                correct[clean] = predict(model, (right + eps * signs).clamp(0.0, 1.0)) == labels
+            row.append(correct)
+        rows.append(torch.stack(row))
     return torch.cat(rows, 1)
 
 
