@@ -69,6 +69,13 @@ def test_hostile_values_are_shown_as_text_never_as_markup(tmp_path):
         assert text.count("<script") == 1 and 'assets/site.js"></script>' in text  # only the site's own script
 
 
+def test_the_index_lists_the_experiments_once_and_its_title_is_plain(tmp_path):
+    fake_run(tmp_path / "runs", "20260101-000001-aaaaaa")
+    text = site.build(tmp_path / "runs").read_text()
+    assert "<title>All runs · dlclassics results</title>" in text
+    assert text.count('id="experiments-heading"') == 1
+
+
 def test_incomplete_and_failed_runs_are_never_shown_as_finished(tmp_path):
     runs = tmp_path / "runs"
     fake_run(runs, "20260101-000001-aaaaaa")
