@@ -34,7 +34,7 @@ from dlclassics.models.classifier_runs import (
     load_classifier,
     rebuild,
 )
-from dlclassics.runs import read_finished_run
+from dlclassics.runs.contract import read_finished_run
 
 SHAPE = ImageShape(1, 28, 10)
 

@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
     from dlclassics import site
-    from dlclassics.runs import atomic_write_bytes
+    from dlclassics.files import atomic_write_bytes
 
     index = site.build(args.runs)
     with tempfile.TemporaryDirectory() as profile:

@@ -91,6 +91,15 @@ def generated_data_for_every_experiment(folder: Path, monkeypatch: pytest.Monkey
     return root
 
 
+@pytest.fixture(autouse=True)
+def idle_machine(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test sees an idle machine, so none depends on the load of whatever runs beside it: the
+    busy-machine hint (a second stderr line) is tested on its own, with the load it is given."""
+    from dlclassics import distributed
+
+    monkeypatch.setattr(distributed, "other_runnable", lambda samples=5: 0.0)
+
+
 @pytest.fixture
 def image_data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return generated_image_data(tmp_path, monkeypatch)
@@ -143,7 +152,6 @@ def run_quick(experiment: str, data_dir: Path, out: Path, *extra: str) -> Path:
 def toy(monkeypatch: pytest.MonkeyPatch):
     """The test-only experiment `toy` (tests/run_toy.py) registered, with its hooks reset."""
     import run_toy
-
     from dlclassics import registry
 
     monkeypatch.setitem(registry.EXPERIMENTS, "toy", "run_toy")

@@ -12,14 +12,8 @@ from collections.abc import Callable
 from typing import Any
 
 from dlclassics.config import BaseConfig, option
-from dlclassics.runs import (
-    METRICS,
-    Reference,
-    Run,
-    Upstream,
-    atomic_torch_save,
-    load_tensor_file,
-)
+from dlclassics.files import atomic_torch_save, load_tensor_file
+from dlclassics.runs import METRICS, Reference, Run, Upstream
 
 TITLE = "Toy experiment for the run life-cycle tests"
 

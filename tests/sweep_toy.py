@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from dlclassics.methods import sweep
+from dlclassics import sweep
 
 
 def make_objective(payload):

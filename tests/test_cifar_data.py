@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
 from cifar_files import (
     BATCHES,
     binary_batch,
@@ -21,7 +22,6 @@ from cifar_files import (
     use_spec,
     write_layouts,
 )
-
 from dlclassics.cli import main
 from dlclassics.data import cifar, fetch, registry
 from dlclassics.data.images import ImageData

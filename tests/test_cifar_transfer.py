@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import file_digests, run_quick
 
+from conftest import file_digests, run_quick
 from dlclassics.cli import main
 from dlclassics.config import resolve
 from dlclassics.experiments import cifar_transfer, mnist_classifier

@@ -3,8 +3,8 @@
 import json
 
 import pytest
-from conftest import run_quick
 
+from conftest import run_quick
 from dlclassics import registry
 from dlclassics.cli import main
 from dlclassics.config import BaseConfig, resolve
@@ -85,7 +85,7 @@ def test_same_seed_same_numbers(image_data_dir, tmp_path):
 
 def test_from_run_folder_is_checked_in_one_place(tmp_path):
     from dlclassics.errors import UsageError
-    from dlclassics.runs import read_finished_run
+    from dlclassics.runs.contract import read_finished_run
 
     with pytest.raises(UsageError, match="no readable config.json"):
         read_finished_run(tmp_path, "vae")

@@ -7,8 +7,8 @@ import threading
 from pathlib import Path
 
 import pytest
-from conftest import write_image_dataset
 
+from conftest import write_image_dataset
 from dlclassics.cli import main
 from dlclassics.data import fetch, registry
 from dlclassics.data.idx import read_payload

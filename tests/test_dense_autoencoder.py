@@ -3,8 +3,8 @@
 import json
 
 import torch
-from conftest import run_quick
 
+from conftest import run_quick
 from dlclassics.models.autoencoder import DenseAutoencoder, reconstruction_error
 
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 import torch.multiprocessing as mp
-from conftest import interrupted_at_evaluation, run_quick
 from torch import nn
 
+from conftest import interrupted_at_evaluation, run_quick
 from dlclassics import distributed
 from dlclassics.cli import main
 from dlclassics.engine import fit, flat_parameters, make_optimizer, seed_everything

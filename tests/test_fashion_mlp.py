@@ -8,9 +8,9 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from conftest import run_quick
 from torch import nn
 
+from conftest import run_quick
 from dlclassics import mlp_search
 from dlclassics.cli import main
 from dlclassics.data import images

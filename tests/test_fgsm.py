@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import file_digests, make_class_images, run_quick
 from torch import nn
 
+from conftest import file_digests, make_class_images, run_quick
 from dlclassics.cli import main
 from dlclassics.data.transforms import flat_float, images_4d
 from dlclassics.engine import fit, make_optimizer
@@ -20,7 +20,7 @@ from dlclassics.models.classifier_runs import (
     load_classifier,
     rebuild,
 )
-from dlclassics.runs import read_finished_run
+from dlclassics.runs.contract import read_finished_run
 
 SHAPE = ImageShape(1, 28, 10)
 

@@ -6,8 +6,8 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import run_quick
 
+from conftest import run_quick
 from dlclassics.engine import flat_parameters
 from dlclassics.methods import landscape
 from dlclassics.models.mlp import mlp

@@ -5,9 +5,8 @@ import json
 
 import pytest
 import torch
-from conftest import run_quick
-from ratings_data import ratings_data_dir  # noqa: F401 (fixture)
 
+from conftest import run_quick
 from dlclassics.experiments.low_rank import (
     Config,
     als_solutions,
@@ -15,6 +14,7 @@ from dlclassics.experiments.low_rank import (
     randomized_against_full,
 )
 from dlclassics.methods.mf import single_threaded
+from ratings_data import ratings_data_dir  # noqa: F401 (fixture)
 
 
 @pytest.fixture(autouse=True)

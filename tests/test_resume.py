@@ -9,11 +9,11 @@ import subprocess
 import sys
 
 import pytest
-from conftest import file_digests
 
+from conftest import file_digests
 from dlclassics.cli import main
 from dlclassics.errors import RunError
-from dlclassics.runs import INCOMPLETE, LOCK
+from dlclassics.runs.folder import INCOMPLETE, LOCK
 
 
 def _toy(out, *extra):

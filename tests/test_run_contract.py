@@ -9,13 +9,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_quick
 
-from dlclassics import registry, runs
+from conftest import run_quick
+from dlclassics import engine, files, registry
 from dlclassics.cli import main
-from dlclassics.errors import UsageError
+from dlclassics.errors import RunError, UsageError
 from dlclassics.experiments import energy_regressor
-from dlclassics.runs import Upstream, read_finished_run
+from dlclassics.runs import METRICS, Upstream
+from dlclassics.runs.contract import read_finished_run
+from dlclassics.runs.folder import LOCK, resumable
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -71,9 +73,9 @@ def test_finished_run_turns_an_unreadable_file_into_one_usage_error(tmp_path):
     (folder / "trajectory.pt").write_bytes(b"")
     finished = read_finished_run(folder, "fashion-mlp")
     with pytest.raises(UsageError, match=r"--from-run .*trajectory.pt is empty"):
-        finished.load("trajectory.pt", lambda path: runs.load_tensor_file(path, "tensors"))
+        finished.load("trajectory.pt", lambda path: files.load_tensor_file(path, "tensors"))
     with pytest.raises(UsageError, match="has no model.pt"):
-        finished.load("model.pt", lambda path: runs.load_tensor_file(path, "tensors"))
+        finished.load("model.pt", lambda path: files.load_tensor_file(path, "tensors"))
 
 
 CONSUMERS = [name for name in registry.EXPERIMENTS if hasattr(registry.load(name), "FROM_RUN")]
@@ -86,7 +88,7 @@ def test_every_consumer_declares_registered_producers():
         upstream = registry.load(name).FROM_RUN
         assert isinstance(upstream, Upstream) and set(upstream.experiments) <= set(registry.EXPERIMENTS)
     # producers' declared file names, imported by their consumers
-    assert registry.load("mcmc-sampling").FROM_RUN.files == (energy_regressor.WEIGHTS, runs.METRICS)
+    assert registry.load("mcmc-sampling").FROM_RUN.files == (energy_regressor.WEIGHTS, METRICS)
     assert registry.load("loss-landscape").FROM_RUN.files == (registry.load("fashion-mlp").TRAJECTORY,)
 
 
@@ -132,7 +134,7 @@ def test_energy_regressor_writes_what_mcmc_sampling_reads(image_data_dir, tmp_pa
 def test_run_files_are_readable_by_others_and_the_checkpoint_goes(toy, tmp_path):
     assert _toy(tmp_path) == 0
     folder = _finished(tmp_path)
-    assert not (folder / "checkpoint.pt").exists() and not (folder / runs.LOCK).exists()
+    assert not (folder / "checkpoint.pt").exists() and not (folder / LOCK).exists()
     entries = [folder, *folder.rglob("*")]
     assert {stat.S_IMODE(p.stat().st_mode) for p in entries if p.is_file()} == {0o644}
     assert {stat.S_IMODE(p.stat().st_mode) for p in entries if p.is_dir()} == {0o755}
@@ -144,16 +146,16 @@ def test_a_non_finite_metric_is_a_diverged_run_and_metrics_json_stays_strict(toy
     assert "metric loss came out NaN or infinite: the run diverged" in _error_line(capsys)
     assert not (tmp_path / "toy").exists()  # no run folder, nor an empty folder for the experiment
     with pytest.raises(ValueError):
-        runs.atomic_write_json(tmp_path / "m.json", {"loss": float("inf")})
+        files.atomic_write_json(tmp_path / "m.json", {"loss": float("inf")})
     toy.EXTRA_METRICS = {"not_measured": None}  # an experiment's way to say "not measured"
     assert _toy(tmp_path) == 0
     assert json.loads((_finished(tmp_path) / "metrics.json").read_text())["not_measured"] is None
 
 
 def test_a_classifier_whose_loss_exploded_has_diverged():
-    runs.check_classifier_loss(2.0, 10)  # near chance (log 10 = 2.3): a poor run, not a diverged one
-    with pytest.raises(runs.RunError, match="far above the 2.30 of guessing uniformly: the run diverged"):
-        runs.check_classifier_loss(7.7e28, 10)
+    engine.check_classifier_loss(2.0, 10)  # near chance (log 10 = 2.3): a poor run, not a diverged one
+    with pytest.raises(RunError, match="far above the 2.30 of guessing uniformly: the run diverged"):
+        engine.check_classifier_loss(7.7e28, 10)
 
 
 def test_report_states_the_best_configuration(toy, tmp_path):
@@ -165,7 +167,9 @@ def test_report_states_the_best_configuration(toy, tmp_path):
 
 @pytest.mark.parametrize("load, flagged", [([0.1, 0.1, 0.1], False), ([40.0, 30.0, 20.0], True)])
 def test_load_average_is_recorded_and_a_loaded_machine_flagged(toy, tmp_path, monkeypatch, load, flagged):
-    monkeypatch.setattr(runs, "load_average", lambda: load)
+    from dlclassics.runs import session
+
+    monkeypatch.setattr(session, "load_average", lambda: load)
     assert _toy(tmp_path) == 0
     folder = _finished(tmp_path)
     (part,) = json.loads((folder / "config.json").read_text())["parts"]
@@ -174,9 +178,9 @@ def test_load_average_is_recorded_and_a_loaded_machine_flagged(toy, tmp_path, mo
 
 
 def test_resumable_counts_every_kind_of_checkpoint(tmp_path):
-    assert not runs.resumable(tmp_path)
+    assert not resumable(tmp_path)
     (tmp_path / "vae_checkpoint.pt").write_bytes(torch.zeros(1).numpy().tobytes())
-    assert runs.resumable(tmp_path)
+    assert resumable(tmp_path)
 
 
 def test_pytest_shows_skip_reasons():

@@ -13,13 +13,13 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import run_quick
 from markupsafe import escape
 
+from conftest import run_quick
 from dlclassics import registry, site
 from dlclassics.cli import main
 from dlclassics.config import resolve
-from dlclassics.runs import atomic_write_json, atomic_write_text
+from dlclassics.files import atomic_write_json, atomic_write_text
 
 HOSTILE = "<script>window.pwned = 1</script>"
 

@@ -14,10 +14,10 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 import pytest
-from conftest import run_quick, write_image_dataset
 
+from conftest import run_quick, write_image_dataset
 from dlclassics import site
-from dlclassics.runs import atomic_write_json
+from dlclassics.files import atomic_write_json
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 import site_screenshot  # noqa: E402  (the script that makes docs/site.png starts the browser the same way)

@@ -14,13 +14,13 @@ from pathlib import Path
 
 import optuna
 import pytest
+
 import sweep_toy
 from conftest import run_quick
-
+from dlclassics import sweep
 from dlclassics.cli import main
 from dlclassics.errors import RunError, UsageError
-from dlclassics.methods import sweep
-from dlclassics.runs import masked_url
+from dlclassics.sweep import masked_url
 
 STATES = optuna.trial.TrialState
 

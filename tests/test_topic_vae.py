@@ -13,16 +13,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import run_quick
 from scipy import sparse
-from text_files import unchecked_news, write_text_data
 from torch.nn import functional as F
 
+from conftest import run_quick
 from dlclassics.cli import main
 from dlclassics.data import registry
 from dlclassics.experiments import topic_vae
 from dlclassics.methods import topics
 from dlclassics.runs import Run
+from text_files import unchecked_news, write_text_data
 
 VOCABULARY = {"a": 0, "b": 1, "c": 2, "d": 3}
 

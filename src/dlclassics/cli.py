@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from dlclassics import __version__, registry
-from dlclassics.config import describe, load_toml, parse_assignments, resolve
+from dlclassics.config import describe
 from dlclassics.data.registry import names as dataset_names
 from dlclassics.errors import RunError, UsageError
 
@@ -121,17 +121,6 @@ def bounded_int(low: int, high: int) -> Any:
     return parse
 
 
-def config_layers(module: Any, args: argparse.Namespace) -> list[dict[str, Any]]:
-    """Override layers in precedence order: recipe, quick size, TOML file, shortcut flags, --set."""
-    shortcuts = {name: getattr(args, name) for name in ("dataset", "epochs", "seed", "device", "weights")
-                 if getattr(args, name) is not None}
-    return [module.RECIPES.get(args.recipe, {}),
-            {**module.QUICK, "quick": True} if args.quick else {},
-            load_toml(args.config) if args.config else {},
-            shortcuts,
-            parse_assignments(args.set)]
-
-
 RUN_EXAMPLES = """examples:
   dlclassics run fashion-mlp                         the tuned recipe (the quickstart's run)
   dlclassics run fashion-mlp --recipe seed           the source's hyperparameters
@@ -164,33 +153,28 @@ def command_list(args: argparse.Namespace) -> int:
 
 
 def command_run(args: argparse.Namespace) -> int:
-    from dlclassics import distributed
-    from dlclassics.runs import read_finished_run
+    from dlclassics.runs import session
 
-    module = registry.load(args.experiment)
-    config = resolve(module.Config, *config_layers(module, args), searched=getattr(module, "SEARCHED", None))
-    if args.study and not hasattr(module, "SEARCHED"):
-        raise UsageError(f"--study: {args.experiment} runs no hyperparameter search")
-    if args.study and not args.storage:
-        raise UsageError("--study joins a study in a shared database: give its --storage URL too")
-    if not 0.0 <= args.carve_test < 1.0:
-        raise UsageError(f"--carve-test must be a fraction in [0, 1); got {args.carve_test}")
-    place = distributed.placement()
-    check_processes(args, place)
+    shortcuts = {name: getattr(args, name) for name in ("dataset", "epochs", "seed", "device", "weights")
+                 if getattr(args, name) is not None}
+    request = session.RunRequest(
+        experiment=args.experiment, recipe=args.recipe, quick=args.quick, config_file=args.config,
+        options=shortcuts, assignments=args.set, data_dir=args.data_dir, carve_test=args.carve_test,
+        unverified=args.unverified, out=args.out, resume=args.resume, workers=args.workers, nproc=args.nproc,
+        threads=args.threads, storage=args.storage, study=args.study, from_run=args.from_run, quiet=args.quiet,
+        argv=args.argv)
+    prepared = session.prepare(request)
     if args.dry_run:
         import dataclasses
 
-        print(json.dumps({"experiment": args.experiment, "config": dataclasses.asdict(config)}, indent=2))
+        print(json.dumps({"experiment": args.experiment, "recipe": args.recipe,
+                          "config": dataclasses.asdict(prepared.config)}, indent=2))
         return 0
-    from_run = None
-    if args.from_run is not None:  # checked before a run folder exists, so a wrong one leaves nothing behind
-        upstream = getattr(module, "FROM_RUN", None)
-        if upstream is None:
-            raise UsageError(f"'{args.experiment}' does not build on another run; drop --from-run")
-        from_run = read_finished_run(args.from_run, upstream.experiments, upstream.files, upstream.metrics)
-    if args.nproc > 1 and place is None:
+    if session.launches_processes(prepared):
+        from dlclassics import distributed
+
         return distributed.launch(args.argv, args.nproc)
-    report = in_processes(module, args, config, from_run, place)
+    report = session.run_prepared(prepared)
     if report is not None:
         print(report)
         if not args.no_site:
@@ -200,123 +184,9 @@ def command_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def check_processes(args: argparse.Namespace, place: Any) -> None:
-    """--nproc against torchrun's variables, and against the search options that start processes of their own."""
-    if args.nproc < 1:
-        raise UsageError(f"--nproc must be at least 1; got {args.nproc}")
-    if place is not None and args.nproc not in (1, place.local_world_size):
-        raise UsageError(f"--nproc {args.nproc}, but torchrun started {place.local_world_size} processes on this "
-                         "machine; leave --nproc out under torchrun")
-    if (place.world_size if place else args.nproc) > 1 and (args.workers > 1 or args.storage):
-        raise UsageError("--workers and --storage run search trials in processes of their own; with --nproc or "
-                         "torchrun every trial trains on all the processes instead: leave them out")
-
-
-def in_processes(module: Any, args: argparse.Namespace, config: Any, from_run: Any, place: Any) -> Path | None:
-    """Run the experiment in this process, or as one rank of a process group (--nproc, torchrun): rank 0
-    records the run in its folder; the other ranks run it in a scratch copy of that folder and return None."""
-    from dlclassics import distributed
-    from dlclassics.engine import resolve_device
-
-    threads = distributed.use_threads(place.local_world_size if place else 1, args.threads)
-    hint = distributed.busy_machine_hint(threads, args.threads)
-    if hint and (place is None or place.rank == 0):
-        print(f"dlclassics: {hint}", file=sys.stderr)
-    device = resolve_device(config.device)
-    if place is None:
-        return execute(module, new_run(module, args, config, from_run, device, threads))
-    with distributed.process_group(place, device) as device:
-        if place.rank == 0:
-            run = new_run(module, args, config, from_run, device, threads)
-            distributed.send_run_folder(run.dir, run.resume)
-            return execute(module, run)
-        try:
-            with distributed.scratch_run_folder() as (folder, resume):
-                module.run(config, run_record(module, args, config, from_run, device, threads, folder, resume))
-        except KeyboardInterrupt:  # rank 0 says how to resume
-            raise RunError("interrupted") from None
-        return None
-
-
-def new_run(module: Any, args: argparse.Namespace, config: Any, from_run: Any, device: Any, threads: int) -> Any:
-    """The Run: in a new folder, or in the interrupted one `--resume` names (checked when it starts)."""
-    from dlclassics.runs import latest_incomplete, new_run_dir
-
-    if args.resume == "latest":
-        folder = latest_incomplete(args.out, args.experiment)
-        if folder is None:
-            raise UsageError(f"--resume: no interrupted run of '{args.experiment}' under {args.out}")
-    elif args.resume:
-        folder = Path(args.resume)
-        if not folder.is_dir():
-            raise UsageError(f"--resume {folder}: no such run folder")
-    else:
-        folder = new_run_dir(args.out, args.experiment)
-    run = run_record(module, args, config, from_run, device, threads, folder, bool(args.resume))
-    if config.quick:
-        run.mark_not_comparable("--quick: a smoke-test size run, not comparable with the source")
-    return run
-
-
-def run_record(module: Any, args: argparse.Namespace, config: Any, from_run: Any, device: Any, threads: int,
-               folder: Path, resume: bool) -> Any:
-    """What the experiment's `run` receives; ranks other than 0 stay quiet."""
-    from dlclassics import distributed
-    from dlclassics.runs import Run
-
-    return Run(experiment=args.experiment, dir=folder, config=config, device=device, data_dir=args.data_dir,
-               carve_test=args.carve_test, unverified=args.unverified, quiet=args.quiet or distributed.rank() > 0,
-               resume=resume, workers=args.workers, storage=args.storage, from_run=from_run,
-               study=_study(module, args.experiment, folder, args.study, folder if resume else None),
-               threads=threads, world_size=distributed.world_size())
-
-
-def execute(module: Any, run: Any) -> Path:
-    """Run one experiment in its run folder and return the report's path.
-
-    Only an interruption leaves a new run's folder behind, and only once there is something to resume;
-    an error removes it, so a later plain `--resume` never picks up a failed run. A resumed run that
-    fails is kept (its checkpoints hold the work of earlier parts), to be resumed again.
-    """
-    from dlclassics import runs
-
-    runs.start(run)
-    try:
-        return runs.finish(run, module.TITLE, module.run(run.config, run), module.REFERENCES)
-    except KeyboardInterrupt:
-        if not runs.resumable(run.dir):
-            runs.discard(run)
-            raise RunError("interrupted before the first checkpoint: nothing to resume yet") from None
-        runs.suspend(run, "interrupted")
-        raise RunError(f"interrupted; continue with: dlclassics run {run.experiment} --resume {run.dir}") from None
-    except BaseException as exc:
-        if not run.resume:
-            runs.discard(run)
-            raise
-        runs.suspend(run, "failed")
-        if isinstance(exc, (UsageError, RunError)):
-            raise type(exc)(f"{exc}; the interrupted run {run.dir} is kept: resume it again once that is fixed") \
-                from None
-        raise
-
-
-def _study(module: Any, experiment_id: str, folder: Path, joined: str | None, resume_dir: Path | None) -> str | None:
-    """A searching experiment's study: the one it joins, the one the resumed run used, or its own."""
-    if not hasattr(module, "SEARCHED"):
-        return None
-    from dlclassics.methods.sweep import own_study_name
-
-    recorded = None
-    if resume_dir is not None:
-        try:
-            recorded = json.loads((resume_dir / "config.json").read_text()).get("study")
-        except (OSError, ValueError, AttributeError):
-            raise UsageError(f"--resume: {resume_dir / 'config.json'} is not readable JSON") from None
-    return joined or recorded or own_study_name(experiment_id, folder)
-
-
 def command_runs(args: argparse.Namespace) -> int:
-    from dlclassics.runs import format_number, list_runs
+    from dlclassics.runs.report import format_number
+    from dlclassics.runs.results import list_runs, results_table
 
     rows = list_runs(args.out, args.experiment)[: args.limit]
     if args.markdown:
@@ -329,43 +199,6 @@ def command_runs(args: argparse.Namespace) -> int:
         summary = ", ".join(f"{k}={format_number(row['metrics'][k])}" for k in keys)
         print(f"{row['experiment']:<22} {Path(row['path']).name:<26} {summary}")
     return 0
-
-
-def results_table(rows: list[dict[str, Any]]) -> str:
-    """One Markdown row per reference of the newest run of each experiment on each kind of data (rows are
-    newest first): a run on carved MNIST and one on Fashion-MNIST both get their rows, each naming its data."""
-    from dlclassics.runs import format_number
-
-    lines = ["| experiment | data | what | source | ours | verdict | wall time | machine |",
-             "|---|---|---|---|---|---|---|---|"]
-    seen = set()
-    for row in rows:
-        folder = Path(row["path"])
-        if not (folder / "references.json").is_file():
-            continue
-        record = json.loads((folder / "config.json").read_text())
-        data = data_label(record)
-        if (row["experiment"], data) in seen:
-            continue
-        seen.add((row["experiment"], data))
-        machine = f"{record['machine']['processor']}, {record['machine']['cpu_count']} cores, {record['device']}"
-        for ref in json.loads((folder / "references.json").read_text()):
-            lines.append(f"| {row['experiment']} | {data} | {ref['what']} | {format_number(ref['source'])} | "
-                         f"{format_number(ref['ours'])} | {ref['verdict']} | "
-                         f"{row['metrics']['wall_time_s']:.0f} s | {machine} |")
-    return "\n".join(lines)
-
-
-def data_label(record: dict[str, Any]) -> str:
-    """The data a run measured on, from its config.json: the dataset, and how it differs from the official one."""
-    label = record["config"].get("dataset") or "generated"
-    if record.get("carve_test"):
-        label += f", train/test carved from one split ({record['carve_test']} test)"
-    if record.get("data_checks", "").startswith("unverified"):
-        label += ", unverified files"
-    if record["config"].get("quick"):
-        label += ", --quick size"
-    return label
 
 
 def command_report(args: argparse.Namespace) -> int:

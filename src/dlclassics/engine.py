@@ -24,7 +24,7 @@ from torch import nn
 
 from dlclassics.distributed import DataParallel, Step
 from dlclassics.errors import RunError
-from dlclassics.runs import atomic_torch_save
+from dlclassics.files import atomic_torch_save
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -83,8 +83,8 @@ def can_fuse(model: nn.Module) -> bool:
 
 
 def sgd(model: nn.Module, lr: float, momentum: float, nesterov: bool, weight_decay: float) -> torch.optim.SGD:
-    """SGD with plain or Nesterov momentum (the source's is plain, which `engine.make_optimizer` does not offer),
-    L2 on weights only, fused where that is faster."""
+    """SGD with plain or Nesterov momentum (Nesterov only when momentum > 0), L2 on weights only, fused
+    where that is faster."""
     return torch.optim.SGD(weight_decay_groups(model, weight_decay), lr=lr, momentum=momentum,
                            nesterov=nesterov and momentum > 0, fused=can_fuse(model) or None)
 
@@ -93,10 +93,10 @@ def make_optimizer(name: str, model: nn.Module, lr: float, weight_decay: float =
                    momentum: float = 0.0) -> torch.optim.Optimizer:
     """SGD (Nesterov when momentum > 0), Adam or AdamW with L2 on weights only, fused where possible
     (same updates as the unfused loop up to float rounding)."""
-    groups = weight_decay_groups(model, weight_decay)
-    fused = can_fuse(model) or None  # None lets torch choose, as before
     if name == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=momentum > 0, fused=fused)
+        return sgd(model, lr, momentum, nesterov=True, weight_decay=weight_decay)
+    groups = weight_decay_groups(model, weight_decay)
+    fused = can_fuse(model) or None  # None lets torch choose
     if name == "adam":
         return torch.optim.Adam(groups, lr=lr, fused=fused)
     if name == "adamw":
@@ -167,6 +167,22 @@ def cosine_schedule(optimizer: torch.optim.Optimizer, epochs: int,
                     enabled: bool = True) -> torch.optim.lr_scheduler.LRScheduler | None:
     """Learning rate decayed to 0 along a half cosine over `epochs` (stepped once per epoch), or none."""
     return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs) if enabled else None
+
+
+# Cross-entropy this many times above chance (log of the class count) is a diverged classifier, even when finite.
+DIVERGED_LOSS_FACTOR = 10.0
+
+
+def check_classifier_loss(loss: float, classes: int) -> None:
+    """A RunError when a classifier's final training loss is far above the loss of guessing uniformly.
+
+    The engine stops a loss that becomes NaN; a learning rate far too large can instead leave a finite
+    loss of 1e28 and a model that still gets some answers right, which must not finish as if fine.
+    """
+    chance = math.log(classes)
+    if loss > DIVERGED_LOSS_FACTOR * chance:
+        raise RunError(f"the final training loss is {loss:.3g}, far above the {chance:.2f} of guessing uniformly: the "
+                       "run diverged. Lower the learning rate (--set lr=...)")
 
 
 @dataclasses.dataclass

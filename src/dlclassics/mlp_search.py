@@ -24,7 +24,7 @@ import optuna
 import torch
 from torch import nn
 
-from dlclassics import plots
+from dlclassics import plots, sweep
 from dlclassics.config import BaseConfig, _coerce, option
 from dlclassics.data.images import ImageData, image_datasets, load_images
 from dlclassics.data.transforms import flat_float, subsample
@@ -40,15 +40,10 @@ from dlclassics.engine import (
     seed_everything,
 )
 from dlclassics.errors import UsageError
-from dlclassics.methods import sweep
+from dlclassics.files import atomic_torch_save, atomic_write_csv
 from dlclassics.models.mlp import mlp
-from dlclassics.runs import (
-    Run,
-    atomic_torch_save,
-    atomic_write_csv,
-    markdown_table,
-    masked_url,
-)
+from dlclassics.runs import Run, markdown_table
+from dlclassics.sweep import masked_url
 
 SearchSpace = dict[str, tuple]
 # The fields that say which examples a search sees: two searches agreeing on these use the same data and split.
@@ -202,7 +197,7 @@ def worker_objective(setup: TrialSetup) -> sweep.Objective:
 def search(cfg: SearchConfig, run: Run, data: dict[str, torch.Tensor], space: SearchSpace,
            study_suffix: str = "") -> optuna.Study:
     """Fill `cfg.trials` slots of the run's study (its own, or the one it joins) with trials of `space`."""
-    own = sweep.own_study_name(run.experiment, run.dir)
+    own = sweep.own_study_name(run.experiment, run.run_id)
     name = run.study or own
     place = sweep.StudyPlace(name + study_suffix, run.dir, run.storage, join=name != own)
     trial_config = {field: getattr(cfg, field) for field in TRIAL_FIELDS}

@@ -40,15 +40,9 @@ from markupsafe import Markup, escape
 
 from dlclassics import __version__, registry
 from dlclassics.errors import UsageError
-from dlclassics.runs import (
-    CONFIG,
-    HISTORY,
-    INCOMPLETE,
-    METRICS,
-    REPORT,
-    REPORT_PARTS,
-    format_number,
-)
+from dlclassics.runs import CONFIG, HISTORY, METRICS
+from dlclassics.runs.folder import INCOMPLETE, REPORT, REPORT_PARTS
+from dlclassics.runs.report import format_number
 
 SITE = "site"  # the site's folder under the runs root, by default
 MANIFEST = "manifest.json"  # what each run page was built from, so a rebuild renders only what changed

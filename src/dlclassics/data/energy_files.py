@@ -13,8 +13,8 @@ import torch
 
 from dlclassics.data.energy_task import PcaMixtureEnergy
 from dlclassics.errors import RunError, UsageError
+from dlclassics.files import atomic_torch_save, load_tensor_file
 from dlclassics.models.energy import WIDTHS, EnergyRegressor
-from dlclassics.runs import atomic_torch_save, load_tensor_file
 
 
 def _safe_load(path: Path | str, what: str, expected: str) -> Any:

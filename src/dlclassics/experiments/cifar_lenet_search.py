@@ -28,7 +28,7 @@ import optuna
 import torch
 from torch import nn
 
-from dlclassics import plots
+from dlclassics import plots, sweep
 from dlclassics.config import BaseConfig, option, resolve
 from dlclassics.data import cifar
 from dlclassics.data.cifar import cifar_datasets
@@ -43,15 +43,9 @@ from dlclassics.engine import (
     seed_everything,
     sgd,
 )
-from dlclassics.methods import sweep
+from dlclassics.files import atomic_torch_save, atomic_write_csv
 from dlclassics.models.pixels import Pixels, channel_stats
-from dlclassics.runs import (
-    Reference,
-    Run,
-    atomic_torch_save,
-    atomic_write_csv,
-    markdown_table,
-)
+from dlclassics.runs import Reference, Run, markdown_table
 
 TITLE = "LeNet-style CNN on CIFAR-10: random search over its widths (S2 CIFAR-10 d)"
 
@@ -176,7 +170,7 @@ def run(cfg: Config, run: Run) -> dict[str, Any]:
     payload = {"config": dataclasses.asdict(cfg), "data_dir": str(run.data_dir) if run.data_dir else None,
                "carve_test": run.carve_test, "unverified": run.unverified, "trials_dir": str(trials.folder)}
     prepared = prepare(cfg, data)
-    own = sweep.own_study_name(run.experiment, run.dir)
+    own = sweep.own_study_name(run.experiment, run.run_id)
     place = sweep.StudyPlace(run.study or own, run.dir, run.storage, join=(run.study or own) != own)
     signature = {"space": {name: list(bounds) for name, bounds in SPACE.items()},
                  **{k: v for k, v in payload["config"].items() if k != "device"}}

@@ -49,6 +49,7 @@ from dlclassics.engine import (
     seed_everything,
 )
 from dlclassics.errors import RunError, UsageError
+from dlclassics.files import atomic_torch_save, atomic_write_bytes, load_tensor_file
 from dlclassics.models import alexnet
 from dlclassics.models.classifier_runs import (
     PRODUCERS,
@@ -56,16 +57,7 @@ from dlclassics.models.classifier_runs import (
     classifier_builder,
     load_classifier,
 )
-from dlclassics.runs import (
-    MODEL,
-    Reference,
-    Run,
-    Upstream,
-    atomic_torch_save,
-    atomic_write_bytes,
-    load_tensor_file,
-    markdown_table,
-)
+from dlclassics.runs import MODEL, Reference, Run, Upstream, markdown_table
 
 TITLE = "Transfer learning: frozen, fine-tuned and from-scratch networks against the labels available (S2)"
 

@@ -35,13 +35,14 @@ from dlclassics.data.energy_task import PARTS, build_energy_task
 from dlclassics.data.images import image_datasets, load_for_run
 from dlclassics.engine import seed_everything
 from dlclassics.errors import RunError
+from dlclassics.files import atomic_torch_save
 from dlclassics.models.energy import (
     EnergyRegressor,
     mse,
     predict,
     train_energy_regressor,
 )
-from dlclassics.runs import MODEL, Reference, Run, atomic_torch_save, markdown_table
+from dlclassics.runs import MODEL, Reference, Run, markdown_table
 
 TITLE = "Energy regressor: S0's 14M-parameter MLP and the MSE of its energies (S0 Task 0)"
 

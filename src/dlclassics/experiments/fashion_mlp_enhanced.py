@@ -30,14 +30,8 @@ from dlclassics.config import option, resolve
 from dlclassics.data.images import load_for_run
 from dlclassics.errors import UsageError
 from dlclassics.experiments import fashion_mlp
-from dlclassics.runs import (
-    METRICS,
-    Reference,
-    Run,
-    Upstream,
-    atomic_write_csv,
-    markdown_table,
-)
+from dlclassics.files import atomic_write_csv
+from dlclassics.runs import METRICS, Reference, Run, Upstream, markdown_table
 
 TITLE = "Fashion-MNIST MLP with BatchNorm, Dropout and other activations, against fashion-mlp (S1 Problem 2.4)"
 

@@ -31,8 +31,9 @@ from dlclassics.data.splits import first_of_each_class
 from dlclassics.engine import fit, seed_everything
 from dlclassics.errors import UsageError
 from dlclassics.experiments import vae
+from dlclassics.files import atomic_torch_save
 from dlclassics.models.vae import decoder, elbo, kl_to_standard_normal
-from dlclassics.runs import Reference, Run, Upstream, atomic_torch_save, markdown_table
+from dlclassics.runs import Reference, Run, Upstream, markdown_table
 
 TITLE = "Latent optimisation (per-example q, no encoder) beside the amortised VAE (S4 Q3)"
 MUST_MATCH = ("dataset", "latent", "hidden", "likelihood", "epochs", "val_fraction", "limit", "seed")

@@ -39,16 +39,10 @@ from dlclassics.engine import (
 )
 from dlclassics.errors import RunError
 from dlclassics.experiments import fashion_mlp
+from dlclassics.files import atomic_torch_save, load_tensor_file
 from dlclassics.methods import landscape
 from dlclassics.models.mlp import ACTIVATIONS, mlp
-from dlclassics.runs import (
-    FinishedRun,
-    Reference,
-    Run,
-    Upstream,
-    atomic_torch_save,
-    load_tensor_file,
-)
+from dlclassics.runs import FinishedRun, Reference, Run, Upstream
 
 TITLE = "Loss landscape around the SGD trajectory of the Fashion-MNIST MLP (S1 Problem 3)"
 

@@ -24,6 +24,7 @@ from dlclassics.data.images import image_datasets, load_for_run
 from dlclassics.data.splits import holdout
 from dlclassics.data.transforms import images_4d, subsample
 from dlclassics.engine import (
+    check_classifier_loss,
     cosine_schedule,
     evaluate_classifier,
     fit,
@@ -33,7 +34,7 @@ from dlclassics.engine import (
 )
 from dlclassics.errors import UsageError
 from dlclassics.models.cnn import small_cnn
-from dlclassics.runs import Reference, Run, check_classifier_loss
+from dlclassics.runs import Reference, Run
 
 TITLE = "Small CNN classifier on MNIST (S4 Sec. 2)"
 

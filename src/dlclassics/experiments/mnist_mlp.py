@@ -21,6 +21,7 @@ from dlclassics.config import BaseConfig, option
 from dlclassics.data.images import image_datasets, load_for_run
 from dlclassics.data.transforms import flat_float, subsample
 from dlclassics.engine import (
+    check_classifier_loss,
     cosine_schedule,
     evaluate_classifier,
     fit,
@@ -29,7 +30,7 @@ from dlclassics.engine import (
     seed_everything,
 )
 from dlclassics.models.mlp import mlp
-from dlclassics.runs import Reference, Run, check_classifier_loss
+from dlclassics.runs import Reference, Run
 
 TITLE = "MLP classifier on MNIST (S3)"
 

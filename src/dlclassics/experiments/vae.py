@@ -27,14 +27,9 @@ from dlclassics.data.splits import first_of_each_class, holdout
 from dlclassics.data.transforms import flat_float, subsample
 from dlclassics.engine import fit, make_optimizer, seed_everything
 from dlclassics.errors import RunError, UsageError
+from dlclassics.files import atomic_torch_save, load_tensor_file
 from dlclassics.models.vae import LIKELIHOODS, VAE, elbo
-from dlclassics.runs import (
-    FinishedRun,
-    Reference,
-    Run,
-    atomic_torch_save,
-    load_tensor_file,
-)
+from dlclassics.runs import FinishedRun, Reference, Run
 
 TITLE = "Amortised VAE on MNIST: training, reconstructions, prior samples (S4 Q1-Q2)"
 SNAPSHOTS = (1, 5, 10, 20, 30)

@@ -23,7 +23,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from dlclassics.errors import RunError
-from dlclassics.runs import load_tensor_file
+from dlclassics.files import load_tensor_file
 
 WEIGHTS_FILE = "alexnet-owt-7be5be79.pth"
 WEIGHTS_SHA256 = "7be5be791159472b1fbf3c69796f7cb30dca7ad8466c2df70058c37116cdee02"

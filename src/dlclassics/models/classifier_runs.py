@@ -23,9 +23,10 @@ from torch import nn
 from dlclassics import registry
 from dlclassics.config import resolve
 from dlclassics.errors import RunError, UsageError
+from dlclassics.files import load_tensor_file
 from dlclassics.models.cnn import small_cnn
 from dlclassics.models.mlp import mlp
-from dlclassics.runs import MODEL, FinishedRun, load_tensor_file
+from dlclassics.runs import MODEL, FinishedRun
 
 
 class PixelScaling(nn.Module):

@@ -36,7 +36,6 @@ import optuna
 import torch
 
 from dlclassics.errors import RunError, UsageError
-from dlclassics.runs import INCOMPLETE, masked_url
 
 Objective = Callable[[optuna.trial.Trial], float]
 # How often a running trial reports it is alive, and after how long without a report it is failed.
@@ -103,9 +102,9 @@ class WorkerObjective:
     setup: Any
 
 
-def own_study_name(experiment: str, folder: Path) -> str:
-    """The study a run starts: named after the experiment and the run id (its folder's name)."""
-    return f"{experiment}-{Path(folder).name.removesuffix(INCOMPLETE)}"
+def own_study_name(experiment: str, run_id: str) -> str:
+    """The study a run starts: named after the experiment and the run id."""
+    return f"{experiment}-{run_id}"
 
 
 def trial_index(trial: optuna.trial.Trial | optuna.trial.FrozenTrial) -> int:
@@ -115,11 +114,26 @@ def trial_index(trial: optuna.trial.Trial | optuna.trial.FrozenTrial) -> int:
 
 # ---------------------------------------------------------------- storage and study
 
-def _without_password(text: str, url: str) -> str:
-    password = urllib.parse.urlsplit(url).password
-    if not password:
-        return text
-    return text.replace(password, "***").replace(urllib.parse.unquote(password), "***")
+def masked_url(url: str | None) -> str | None:
+    """A database URL fit to print or record: its password (user:PASSWORD@, ?password=) shown as ***."""
+    return None if url is None else without_password(url, url)
+
+
+def without_password(text: str, url: str) -> str:
+    """`text` (a URL, or a driver's message that may quote it) with the password of `url` shown as ***:
+    the one place a storage password is hidden before anything is printed or recorded."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        password = parts.password
+    except ValueError:
+        return "(a URL that could not be parsed: not shown)"
+    if password:
+        text = text.replace(f":{password}@", ":***@").replace(password, "***")
+        text = text.replace(urllib.parse.unquote(password), "***")
+    for pair in parts.query.split("&"):
+        if pair.lower().startswith("password=") and len(pair) > len("password="):
+            text = text.replace(pair, "password=***")
+    return text
 
 
 def open_storage(url: str | None, folder: Path) -> optuna.storages.BaseStorage:
@@ -140,7 +154,7 @@ def open_storage(url: str | None, folder: Path) -> optuna.storages.BaseStorage:
                 heartbeat_interval=HEARTBEAT_SECONDS, grace_period=GRACE_SECONDS,
                 heartbeat_stale_trial_callback=_queue_again)
     except Exception as exc:  # driver missing, server down, bad credentials: all reach the user as one line
-        reason = _without_password(str(exc).splitlines()[0], url)
+        reason = without_password(str(exc).splitlines()[0], url)
         raise RunError(f"cannot open the study storage {masked_url(url)}: {reason}") from None
 
 

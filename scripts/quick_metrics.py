@@ -1,0 +1,88 @@
+"""Every registered experiment's --quick metrics on generated data, to show a change keeps the numbers.
+
+    .venv/bin/python scripts/quick_metrics.py before.json          # run all, write {experiment: metrics}
+    .venv/bin/python scripts/quick_metrics.py after.json
+    .venv/bin/python scripts/quick_metrics.py --compare before.json after.json
+
+Timing fields (`*time*`, `*_s`) are left out: they differ between any two runs. The data are the test
+suite's generated files in each dataset's official layout; consumers run on their producer's run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+
+
+def is_timing(key: str) -> bool:
+    return "time" in key or key.endswith("_s") or key.endswith("per_s")
+
+
+def without_timing(value):
+    if isinstance(value, dict):
+        return {k: without_timing(v) for k, v in value.items() if not is_timing(k)}
+    return value
+
+
+def measure() -> dict[str, dict]:
+    import pytest
+
+    from conftest import generated_data_for_every_experiment, run_quick
+    from dlclassics import registry
+    from test_smoke_all import NEEDS_A_RUN, PRODUCERS
+
+    results: dict[str, dict] = {}
+    with tempfile.TemporaryDirectory() as tmp, pytest.MonkeyPatch.context() as monkeypatch:
+        root = Path(tmp)
+        data = generated_data_for_every_experiment(root, monkeypatch)
+        folders: dict[str, Path] = {}
+
+        def run(experiment: str, key: str, *extra: str) -> Path:
+            folder = run_quick(experiment, data, root / "runs" / key, *extra)
+            results[key] = without_timing(json.loads((folder / "metrics.json").read_text()))
+            return folder
+
+        for experiment in registry.EXPERIMENTS:
+            option, needed = NEEDS_A_RUN.get(experiment, ("", None))
+            extra = (option, str(folders[needed])) if needed else ()
+            folders[experiment] = run(experiment, experiment, *extra)
+            print(f"{experiment}: done", file=sys.stderr)
+        for consumer, producer in sorted(PRODUCERS.items()):
+            run(consumer, f"{consumer} from {producer}", "--from-run", str(folders[producer]))
+    return results
+
+
+def compare(before: dict, after: dict) -> int:
+    differing = 0
+    for key in sorted(set(before) | set(after)):
+        if before.get(key) == after.get(key):
+            print(f"identical  {key}")
+            continue
+        differing += 1
+        old, new = before.get(key) or {}, after.get(key) or {}
+        changed = [name for name in sorted(set(old) | set(new)) if old.get(name) != new.get(name)]
+        print(f"DIFFERENT  {key}: {', '.join(f'{n} {old.get(n)!r} -> {new.get(n)!r}' for n in changed)}")
+    print(f"{len(set(before) | set(after)) - differing} identical, {differing} different")
+    return 1 if differing else 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("files", nargs="+", type=Path)
+    parser.add_argument("--compare", action="store_true", help="compare two files written by this script")
+    args = parser.parse_args()
+    if args.compare:
+        before, after = (json.loads(path.read_text()) for path in args.files)
+        return compare(before, after)
+    args.files[0].write_text(json.dumps(measure(), indent=1, sort_keys=True) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
