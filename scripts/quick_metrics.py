@@ -24,9 +24,12 @@ def is_timing(key: str) -> bool:
     return "time" in key or key.endswith("_s") or key.endswith("per_s")
 
 
-def without_timing(value):
+def without_timing(value, root: str):
+    """`value` without timing fields, and with the temporary folder's path shown as <tmp>."""
     if isinstance(value, dict):
-        return {k: without_timing(v) for k, v in value.items() if not is_timing(k)}
+        return {k: without_timing(v, root) for k, v in value.items() if not is_timing(k)}
+    if isinstance(value, str):
+        return value.replace(root, "<tmp>")
     return value
 
 
@@ -45,7 +48,7 @@ def measure() -> dict[str, dict]:
 
         def run(experiment: str, key: str, *extra: str) -> Path:
             folder = run_quick(experiment, data, root / "runs" / key, *extra)
-            results[key] = without_timing(json.loads((folder / "metrics.json").read_text()))
+            results[key] = without_timing(json.loads((folder / "metrics.json").read_text()), tmp)
             return folder
 
         for experiment in registry.EXPERIMENTS:

@@ -34,6 +34,32 @@ def option(default: Any, help: str, *, low: float | None = None, high: float | N
     return dataclasses.field(default=default, metadata=meta)
 
 
+# ---------------------------------------------------------------- option groups every experiment shares
+
+def dataset_option(default: str, choices: Any, help: str = "image dataset") -> Any:
+    """The data an experiment reads: `choices` is a registry's list of names (a function, read lazily)."""
+    return option(default, help, choices=choices)
+
+
+def limit_option(what: str = "training images") -> Any:
+    """Train on a prefix of the data: for quick runs and scaling studies."""
+    return option(0, f"use only the first N {what} (0 = all)", low=0)
+
+
+def batch_size_option(default: int, help: str = "minibatch size") -> Any:
+    return option(default, help, low=1)
+
+
+def lr_option(default: float, help: str = "Adam learning rate") -> Any:
+    """A learning rate: a positive number (0 would train nothing, a negative one ascends the loss)."""
+    return option(default, help, low=0.0, low_open=True)
+
+
+def epochs_option(default: int, help: str = "training epochs") -> Any:
+    """The main training length, so `--epochs` works (bounded by MAX_EPOCHS as every `*epochs` option)."""
+    return option(default, help, low=1)
+
+
 @dataclasses.dataclass(frozen=True)
 class BaseConfig:
     """Fields every experiment has."""

@@ -134,6 +134,11 @@ class ImageData:
     channels: int = 1
     image_size: int = 28
 
+    @property
+    def summary(self) -> str:
+        """One line for a run's report: which data, from where, how much."""
+        return f"data: {self.name} from {self.source} ({len(self.train_x):,} train, {len(self.test_x):,} test images)"
+
 
 def _load_split(spec: ImageDatasetSpec, folder: Path, split: str,
                 unverified: bool) -> tuple[torch.Tensor, torch.Tensor]:
