@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import tempfile
 from pathlib import Path
@@ -20,16 +21,19 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
 
+RUN_ID = re.compile(r"\d{8}-\d{6}-[0-9a-f]{6}")  # a run folder's name differs between any two runs
+
+
 def is_timing(key: str) -> bool:
     return "time" in key or key.endswith("_s") or key.endswith("per_s")
 
 
 def without_timing(value, root: str):
-    """`value` without timing fields, and with the temporary folder's path shown as <tmp>."""
+    """`value` without timing fields, with the temporary folder's path and run ids masked."""
     if isinstance(value, dict):
         return {k: without_timing(v, root) for k, v in value.items() if not is_timing(k)}
     if isinstance(value, str):
-        return value.replace(root, "<tmp>")
+        return RUN_ID.sub("<run id>", value.replace(root, "<tmp>"))
     return value
 
 
