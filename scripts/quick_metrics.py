@@ -37,7 +37,9 @@ def without_timing(value, root: str):
     return value
 
 
-def measure() -> dict[str, dict]:
+def measure(only: set[str] | None = None) -> dict[str, dict]:
+    """{experiment (or "consumer from producer"): metrics}; `only` limits it to those experiments (their
+    producers run too, unrecorded)."""
     import pytest
 
     from conftest import generated_data_for_every_experiment, run_quick
@@ -55,13 +57,21 @@ def measure() -> dict[str, dict]:
             results[key] = without_timing(json.loads((folder / "metrics.json").read_text()), tmp)
             return folder
 
+        wanted = set(registry.EXPERIMENTS) if only is None else set(only)
+        needed_by = {consumer: producer for consumer, producer in PRODUCERS.items() if consumer in wanted}
+        needed_by |= {experiment: needs[1] for experiment, needs in NEEDS_A_RUN.items() if experiment in wanted}
         for experiment in registry.EXPERIMENTS:
+            if experiment not in wanted and experiment not in needed_by.values():
+                continue
             option, needed = NEEDS_A_RUN.get(experiment, ("", None))
             extra = (option, str(folders[needed])) if needed else ()
             folders[experiment] = run(experiment, experiment, *extra)
             print(f"{experiment}: done", file=sys.stderr)
         for consumer, producer in sorted(PRODUCERS.items()):
-            run(consumer, f"{consumer} from {producer}", "--from-run", str(folders[producer]))
+            if consumer in wanted:
+                run(consumer, f"{consumer} from {producer}", "--from-run", str(folders[producer]))
+    if only is not None:
+        results = {key: value for key, value in results.items() if key.split(" from ")[0] in only}
     return results
 
 
@@ -83,11 +93,15 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("files", nargs="+", type=Path)
     parser.add_argument("--compare", action="store_true", help="compare two files written by this script")
+    parser.add_argument("--only", help="comma-separated experiments (default: all); with --compare, compare only these")
     args = parser.parse_args()
     if args.compare:
-        before, after = (json.loads(path.read_text()) for path in args.files)
+        only = set(args.only.split(",")) if args.only else None
+        before, after = ({key: value for key, value in json.loads(path.read_text()).items()
+                          if only is None or key.split(" from ")[0] in only} for path in args.files)
         return compare(before, after)
-    args.files[0].write_text(json.dumps(measure(), indent=1, sort_keys=True) + "\n")
+    only = set(args.only.split(",")) if args.only else None
+    args.files[0].write_text(json.dumps(measure(only), indent=1, sort_keys=True) + "\n")
     return 0
 
 

@@ -76,7 +76,7 @@ def field_types(cls: type) -> dict[str, type]:
     return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
 
 
-def _coerce(name: str, kind: type, value: Any) -> Any:
+def coerce(name: str, kind: type, value: Any) -> Any:
     """Turn a TOML value or a `--set` string into the field's type, or say why not."""
     try:
         if kind is bool:
@@ -106,7 +106,7 @@ def _coerce(name: str, kind: type, value: Any) -> Any:
             parts = value if isinstance(value, (list, tuple)) else [p for p in str(value).split(",") if p.strip()]
             if not parts:
                 raise UsageError(f"option '{name}' needs at least one value (comma separated); got {value!r}")
-            return tuple(_coerce(name, item, part) for part in parts)
+            return tuple(coerce(name, item, part) for part in parts)
     except (ValueError, TypeError, OverflowError):  # TypeError: a TOML table where a number was expected
         pass
     else:
@@ -146,7 +146,7 @@ def resolve(cls: type, *layers: typing.Mapping[str, Any], searched: typing.Mappi
                 raise UsageError(f"'{name}' is a search dimension of this experiment, not an option: {searched[name]}")
             if name not in kinds:
                 raise UsageError(f"unknown option '{name}'; valid options: {', '.join(sorted(kinds))}")
-            values[name] = _coerce(name, kinds[name], raw)
+            values[name] = coerce(name, kinds[name], raw)
     config = cls(**values)
     for f in dataclasses.fields(cls):
         _check_range(f.name, getattr(config, f.name), f.metadata)

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from dlclassics import plots, sweep
-from dlclassics.config import BaseConfig, _coerce, option
+from dlclassics.config import BaseConfig, coerce, option
 from dlclassics.data.images import ImageData, image_datasets, load_images
 from dlclassics.data.transforms import flat_float, subsample
 from dlclassics.engine import (
@@ -85,7 +85,7 @@ class SearchConfig(BaseConfig):
                 raise UsageError(f"option 'narrow': '{name}' is not a dimension of the {self.space} search space "
                                  f"({', '.join(space)})")
             kind = type(space[name][0])
-            space[name] = tuple(_coerce(f"narrow={name}", kind, value) for value in values.split("/"))
+            space[name] = tuple(coerce(f"narrow={name}", kind, value) for value in values.split("/"))
         return space
 
 
