@@ -11,15 +11,11 @@ import torch
 
 from conftest import run_quick
 from dlclassics.cli import main
-from dlclassics.data.energy_files import (
-    load_energy_data,
-    load_energy_weights,
-    load_exact_energy,
-    save_energy_data,
-)
-from dlclassics.data.energy_task import fit_pca_mixture
+from dlclassics.data.energy_files import load_energy_data, save_energy_data
 from dlclassics.errors import RunError
+from dlclassics.methods.energy_task import fit_pca_mixture
 from dlclassics.models.energy import EnergyRegressor, fold_target_scaling
+from dlclassics.training.energy import load_energy_weights, load_exact_energy
 
 
 class Payload:

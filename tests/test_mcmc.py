@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from dlclassics.data.energy_task import PcaMixtureEnergy
+from dlclassics.methods.energy_task import PcaMixtureEnergy
 from dlclassics.methods.mcmc import effective_sample_size, energy_and_grad, langevin
 
 

@@ -31,6 +31,7 @@ from dlclassics.methods.mf import (
     ItemMean,
     TruncatedSVD,
     cold_start_count,
+    dense,
     mse,
     rmse,
     single_threaded,
@@ -246,7 +247,7 @@ def test_als_half_steps_never_increase_the_objective():
 def test_als_half_step_is_the_source_normal_equations():
     """One item step equals the source's `lstsq_missing_vals` on the dense, masked matrix."""
     ratings = _small(n_ratings=600)
-    matrix, mask = ratings.dense().numpy(), (ratings.dense() != 0).double().numpy()
+    matrix, mask = dense(ratings).numpy(), (dense(ratings) != 0).double().numpy()
     als = ALS(4, reg=10.0, init="svd", max_sweeps=1).fit(ratings)
     users0 = TruncatedSVD(4).fit(ratings).user_factors_.numpy()
 

@@ -14,8 +14,7 @@ from conftest import run_quick
 from dlclassics import engine, files, registry
 from dlclassics.cli import main
 from dlclassics.errors import RunError, UsageError
-from dlclassics.experiments import energy_regressor
-from dlclassics.runs import METRICS, Upstream
+from dlclassics.runs import METRICS, Upstream, products
 from dlclassics.runs.contract import read_finished_run
 from dlclassics.runs.folder import LOCK, resumable
 
@@ -88,8 +87,8 @@ def test_every_consumer_declares_registered_producers():
         upstream = registry.load(name).FROM_RUN
         assert isinstance(upstream, Upstream) and set(upstream.experiments) <= set(registry.EXPERIMENTS)
     # producers' declared file names, imported by their consumers
-    assert registry.load("mcmc-sampling").FROM_RUN.files == (energy_regressor.WEIGHTS, METRICS)
-    assert registry.load("loss-landscape").FROM_RUN.files == (registry.load("fashion-mlp").TRAJECTORY,)
+    assert registry.load("mcmc-sampling").FROM_RUN.files == (products.ENERGY_WEIGHTS, METRICS)
+    assert registry.load("loss-landscape").FROM_RUN.files == (products.TRAJECTORY,)
 
 
 @pytest.mark.parametrize("experiment", CONSUMERS)
@@ -120,10 +119,10 @@ def test_config_json_records_the_producer_and_the_workers(toy, tmp_path):
 
 def test_energy_regressor_writes_what_mcmc_sampling_reads(image_data_dir, tmp_path):
     producer = run_quick("energy-regressor", image_data_dir, tmp_path / "energy")
-    for name in (energy_regressor.WEIGHTS, energy_regressor.EXACT_ENERGY, energy_regressor.TEST_DATA):
+    for name in (products.ENERGY_WEIGHTS, products.EXACT_ENERGY, products.ENERGY_TEST_DATA):
         assert (producer / name).is_file()
     metrics = json.loads((producer / "metrics.json").read_text())
-    assert all(math.isfinite(metrics[key]) for key in energy_regressor.PIXEL_STATS)
+    assert all(math.isfinite(metrics[key]) for key in products.PIXEL_STATS)
     consumer = run_quick("mcmc-sampling", image_data_dir, tmp_path / "mcmc", "--from-run", str(producer))
     assert json.loads((consumer / "config.json").read_text())["from_run"]["run_id"] == producer.name
     assert "mala_mean_exact_energy" in json.loads((consumer / "metrics.json").read_text())

@@ -1,7 +1,7 @@
 """S0's two files, read with `weights_only=True` only: a data file (`torch.save({"x": [N, 784],
-"energy": [N, 1]})`) and a weights file (the regressor's state dict), plus our exact energy's state
-dict. A file holding any pickled Python object is refused, because unpickling it could run arbitrary
-code."""
+"energy": [N, 1]})`) and a state-dict file (the regressor's weights, or our exact energy's). A file
+holding any pickled Python object is refused, because unpickling it could run arbitrary code. The
+models these state dicts fit are built in `training.energy`."""
 
 from __future__ import annotations
 
@@ -11,14 +11,14 @@ from typing import Any
 
 import torch
 
-from dlclassics.data.energy_task import PcaMixtureEnergy
 from dlclassics.errors import RunError, UsageError
 from dlclassics.files import atomic_torch_save, load_tensor_file
-from dlclassics.models.energy import WIDTHS, EnergyRegressor
+
+FEATURES = 784  # S0's states are flattened 28x28 images
 
 
 def _safe_load(path: Path | str, what: str, expected: str) -> Any:
-    """torch.load with weights_only=True (`runs.load_tensor_file`); a path that does not exist is a usage error."""
+    """torch.load with weights_only=True (`files.load_tensor_file`); a path that does not exist is a usage error."""
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"{what} file {path} does not exist")
@@ -27,8 +27,6 @@ def _safe_load(path: Path | str, what: str, expected: str) -> Any:
 
 DATA_FORMAT = "torch.save({'x': float tensor [N, 784], 'energy': float tensor [N, 1]})"
 
-
-WEIGHTS_FORMAT = "torch.save(model.state_dict()) of an EnergyRegressor"
 
 
 def load_energy_data(path: Path | str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -42,11 +40,11 @@ def load_energy_data(path: Path | str) -> tuple[torch.Tensor, torch.Tensor]:
         raise RunError(f"{path}: 'x' and 'energy' must be tensors")
     if x.layout != torch.strided or energy.layout != torch.strided:
         raise RunError(f"{path}: 'x' and 'energy' must be dense tensors; save x.to_dense() and energy.to_dense()")
-    if x.ndim != 2 or x.shape[1] != WIDTHS[0] or energy.shape[:1] != x.shape[:1] or energy.numel() != len(x):
-        raise RunError(f"{path}: expected x [N, {WIDTHS[0]}] and energy [N, 1]; found x {list(x.shape)} "
+    if x.ndim != 2 or x.shape[1] != FEATURES or energy.shape[:1] != x.shape[:1] or energy.numel() != len(x):
+        raise RunError(f"{path}: expected x [N, {FEATURES}] and energy [N, 1]; found x {list(x.shape)} "
                        f"and energy {list(energy.shape)}")
     if len(x) == 0:
-        raise RunError(f"{path} holds no examples (x is [0, {WIDTHS[0]}])")
+        raise RunError(f"{path} holds no examples (x is [0, {FEATURES}])")
     x, energy = x.float(), energy.reshape(-1, 1).float()
     if not (x.isfinite().all() and energy.isfinite().all()):
         raise RunError(f"{path}: 'x' and 'energy' must hold finite numbers; found NaN or infinity")
@@ -58,31 +56,9 @@ def save_energy_data(path: Path, x: torch.Tensor, energy: torch.Tensor) -> None:
     atomic_torch_save(path, {"x": x.detach().float().cpu(), "energy": energy.detach().float().reshape(-1, 1).cpu()})
 
 
-def load_energy_weights(path: Path | str) -> EnergyRegressor:
-    """An EnergyRegressor with the weights of the source's state-dict file (keys and shapes checked)."""
-    state = _safe_load(path, "weights", WEIGHTS_FORMAT)
+def load_state_dict(path: Path | str, what: str, expected: str) -> Mapping[str, torch.Tensor]:
+    """A state dict (names -> tensors) from `path`; `what` names the file in messages, `expected` its format."""
+    state = _safe_load(path, what, expected)
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise RunError(f"{path} must hold a state dict (names -> tensors); expected {WEIGHTS_FORMAT}")
-    model = EnergyRegressor()
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as exc:
-        raise RunError(f"{path} does not fit the EnergyRegressor: {' '.join(str(exc).split())[:300]}") from None
-    return model
-
-
-def load_exact_energy(path: Path) -> PcaMixtureEnergy:
-    """A PcaMixtureEnergy saved with `torch.save(energy.state_dict())` (loaded safely)."""
-    expected = "torch.save(PcaMixtureEnergy.state_dict())"
-    state = _safe_load(path, "exact energy", expected)
-    keys = {"center", "basis", "log_weights", "means", "chol", "residual_var"}
-    if not isinstance(state, Mapping) or not keys <= set(state):
-        found = sorted(state) if isinstance(state, Mapping) else type(state).__name__
-        raise RunError(f"{path} must hold the keys {', '.join(sorted(keys))}; found {found}. Expected {expected}")
-    try:
-        cov = state["chol"] @ state["chol"].transpose(-1, -2)
-        return PcaMixtureEnergy(state["center"], state["basis"], state["log_weights"].exp(), state["means"], cov,
-                                state["residual_var"].item())
-    except (RuntimeError, TypeError, AttributeError, IndexError) as exc:
-        raise RunError(f"{path} does not describe a PcaMixtureEnergy ({' '.join(str(exc).split())[:200]}); "
-                       f"expected {expected}") from None
+        raise RunError(f"{path} must hold a state dict (names -> tensors); expected {expected}")
+    return state

@@ -91,15 +91,6 @@ class Ratings:
         """The same ratings with values of another float type (the source's linear algebra is float64)."""
         return dataclasses.replace(self, values=self.values.to(dtype))
 
-    def dense(self) -> torch.Tensor:
-        """[n_users, n_items] with the ratings in place and 0 where none was given (the source's matrix;
-        only for data of MovieLens-100k's size)."""
-        import torch
-
-        matrix = torch.zeros(self.n_users, self.n_items, dtype=self.values.dtype)
-        matrix[self.users, self.items] = self.values
-        return matrix
-
 
 @dataclasses.dataclass
 class RatingsData:
@@ -115,6 +106,13 @@ class RatingsData:
     source: str
     comparable: bool = True
     note: str = ""
+
+    @property
+    def summary(self) -> str:
+        """One line for a run's report: which ratings, from where, how many, which folds."""
+        folds = f"; folds {', '.join(self.folds)}" if self.folds else ""
+        return (f"data: {self.name} from {self.source} ({len(self.ratings):,} ratings by {self.ratings.n_users:,} "
+                f"users on {self.ratings.n_items:,} items{folds})")
 
 
 # ---------------------------------------------------------------- parsing
@@ -369,23 +367,16 @@ def read_ratings_file(path: Path, separator: str = "auto", scale: tuple[float, f
                                               "source's data, so not comparable with its numbers")
 
 
-def load_for_run(run: Any, dataset_name: str, folds: tuple[str, ...], ratings_file: str = "",
-                 separator: str = "auto", scale: tuple[float, ...] = (1.0, 5.0), n_folds: int = 5,
-                 seed: int = 0) -> RatingsData:
-    """The ratings of a run: `ratings_file` when given, else the registered dataset; noted in the report,
-    and the run marked not comparable when the data is not the official set."""
+def load_ratings_or_file(dataset_name: str, folds: tuple[str, ...], ratings_file: str = "", separator: str = "auto",
+                        scale: tuple[float, ...] = (1.0, 5.0), n_folds: int = 5, seed: int = 0,
+                        data_dir: Path | None = None, unverified: bool = False) -> RatingsData:
+    """`ratings_file` (own ratings, `n_folds` random folds from `seed`) when given, else the registered
+    dataset with its published `folds`."""
     if len(scale) != 2 or not scale[0] < scale[1]:
         raise UsageError(f"option 'scale' expects LOW,HIGH with LOW < HIGH; got {','.join(map(str, scale))}")
     if ratings_file:
-        data = read_ratings_file(Path(ratings_file), separator, (scale[0], scale[1]), n_folds, seed)
-    else:
-        data = load_ratings(dataset_name, run.data_dir, folds, run.unverified)
-    folds = f"; folds {', '.join(data.folds)}" if data.folds else ""
-    run.note(f"data: {data.name} from {data.source} ({len(data.ratings):,} ratings by {data.ratings.n_users:,} users "
-             f"on {data.ratings.n_items:,} items{folds})")
-    if not data.comparable:
-        run.mark_not_comparable(data.note)
-    return data
+        return read_ratings_file(Path(ratings_file), separator, (scale[0], scale[1]), n_folds, seed)
+    return load_ratings(dataset_name, data_dir, folds, unverified)
 
 
 # ---------------------------------------------------------------- synthetic ratings

@@ -9,7 +9,7 @@ The source's files are not available. With `--set data_file=... --set weights_fi
 experiment evaluates them exactly as the source did (files are read with weights_only=True; a
 pickled object is refused). Without them it builds an energy it can compute exactly (a Gaussian
 mixture in the top principal coordinates of Fashion-MNIST plus an isotropic residual, see
-`data/energy_task.py`), draws an (x, energy) set from it, saves the test set in the source's file
+`methods/energy_task.py`), draws an (x, energy) set from it, saves the test set in the source's file
 format, trains the regressor and reports train and test MSE. Either file alone works too: a data
 file alone is split 80/20 and trained on; weights alone are evaluated on the generated set.
 
@@ -25,32 +25,28 @@ from typing import Any
 import torch
 
 from dlclassics import plots
-from dlclassics.config import BaseConfig, option
-from dlclassics.data.energy_files import (
-    load_energy_data,
-    load_energy_weights,
-    save_energy_data,
-)
-from dlclassics.data.energy_task import PARTS, build_energy_task
-from dlclassics.data.images import image_datasets, load_for_run
-from dlclassics.engine import seed_everything
+from dlclassics.config import BaseConfig, batch_size_option, dataset_option, epochs_option, lr_option, option
+from dlclassics.data.energy_files import load_energy_data, save_energy_data
+from dlclassics.data.images import image_datasets
 from dlclassics.errors import RunError
 from dlclassics.files import atomic_torch_save
-from dlclassics.models.energy import (
-    EnergyRegressor,
+from dlclassics.methods.energy_task import PARTS, build_energy_task
+from dlclassics.models.energy import EnergyRegressor
+from dlclassics.runs import Reference, Run, markdown_table
+from dlclassics.runs.products import ENERGY_TEST_DATA, ENERGY_WEIGHTS, EXACT_ENERGY, PIXEL_STATS
+from dlclassics.training.energy import (
+    REGRESSOR_BATCH_SIZE,
+    REGRESSOR_LR,
+    load_energy_weights,
     mse,
     predict,
     train_energy_regressor,
 )
-from dlclassics.runs import MODEL, Reference, Run, markdown_table
 
 TITLE = "Energy regressor: S0's 14M-parameter MLP and the MSE of its energies (S0 Task 0)"
 
-# What a run writes for `mcmc-sampling --from-run` (a run on generated data writes all of them).
-WEIGHTS = MODEL  # the trained regressor, in S0's weights-file format
-EXACT_ENERGY = "exact_energy.pt"  # the PcaMixtureEnergy the data were drawn from (its state dict)
-TEST_DATA = "energy_test_data.pt"  # the generated test set, in S0's data-file format
-PIXEL_STATS = ("pixel_mean", "pixel_std")  # metrics: the standardisation of pixels the energy lives on
+# What a run writes for `mcmc-sampling --from-run` (a run on generated data writes all of them) is named
+# in `runs.products`: ENERGY_WEIGHTS, EXACT_ENERGY, ENERGY_TEST_DATA and the metrics PIXEL_STATS.
 MIN_SPLIT_EXAMPLES = 10  # a data file alone is split 80/20: both parts need a few examples
 
 
@@ -58,15 +54,16 @@ MIN_SPLIT_EXAMPLES = 10  # a data file alone is split 80/20: both parts need a f
 class Config(BaseConfig):
     data_file: str = option("", "S0's data file {'x': [N, 784], 'energy': [N, 1]} ('' = generate one)")
     weights_file: str = option("", "S0's weights file, an EnergyRegressor state dict ('' = train one)")
-    dataset: str = option("fashion-mnist", "images the exact energy is fitted to", choices=image_datasets)
+    dataset: str = dataset_option("fashion-mnist", image_datasets, "images the exact energy is fitted to")
     pca_components: int = option(32, "principal coordinates carrying the Gaussian mixture", low=1, high=783)
     mixture_components: int = option(10, "Gaussian mixture components", low=1)
     fit_images: int = option(0, "training images the exact energy is fitted to (0 = all)", low=0)
     n_train: int = option(10000, "generated training examples", low=3)
     n_test: int = option(2000, "generated test examples", low=3)
-    epochs: int = option(3, "training epochs", low=1)
-    batch_size: int = option(32, "minibatch size (small: the 14M-parameter net needs many steps)", low=1)
-    lr: float = option(3e-4, "Adam learning rate (cosine decay to 0)", low=0.0, low_open=True)
+    epochs: int = epochs_option(3)
+    batch_size: int = batch_size_option(REGRESSOR_BATCH_SIZE, "minibatch size (small: the 14M-parameter net needs "
+                                                          "many steps)")
+    lr: float = lr_option(REGRESSOR_LR, "Adam learning rate (cosine decay to 0)")
 
 
 # The source only evaluated given weights; it did not say how they were trained.
@@ -82,7 +79,7 @@ REFERENCES = [
 
 
 def run(cfg: Config, run: Run) -> dict[str, Any]:
-    generator = seed_everything(cfg.seed)
+    generator = run.generator
     if cfg.data_file and cfg.weights_file:  # S0 Task 0 exactly: evaluate the given weights on the given file
         x, energy = load_energy_data(cfg.data_file)
         model = load_energy_weights(cfg.weights_file).to(run.device)
@@ -102,12 +99,12 @@ def run(cfg: Config, run: Run) -> dict[str, Any]:
         x_train, e_train, x_test, e_test = x[order[:cut]], energy[order[:cut]], x[order[cut:]], energy[order[cut:]]
         run.mark_not_comparable(f"trained on 80% of {cfg.data_file} and tested on the rest (S0 gave no training recipe)")
     else:
-        data = load_for_run(run, cfg.dataset)
+        data = run.load_images(cfg.dataset)
         task = build_energy_task(data.train_x, data.test_x, pca_components=cfg.pca_components,
                                  mixture_components=cfg.mixture_components, n_train=cfg.n_train, n_test=cfg.n_test,
                                  seed=cfg.seed, generator=generator, fit_images=cfg.fit_images)
         x_train, e_train, x_test, e_test, parts = task.x_train, task.e_train, task.x_test, task.e_test, task.part_test
-        save_energy_data(run.dir / TEST_DATA, x_test, e_test)  # S0's data-file format
+        save_energy_data(run.dir / ENERGY_TEST_DATA, x_test, e_test)  # S0's data-file format
         pixels = dict(zip(PIXEL_STATS, (task.pixel_mean, task.pixel_std)))
         atomic_torch_save(run.dir / EXACT_ENERGY, task.exact.state_dict())
         run.mark_not_comparable(
@@ -115,7 +112,7 @@ def run(cfg: Config, run: Run) -> dict[str, Any]:
             f"component Gaussian mixture on the top {cfg.pca_components} principal coordinates of {cfg.dataset} "
             f"(pixels standardised with mean {task.pixel_mean:.4f}, std {task.pixel_std:.4f}) times an isotropic "
             "Gaussian residual; a third each of exact samples, real images and noise-to-sample paths. "
-            f"The test set is saved in S0's format as {TEST_DATA}")
+            f"The test set is saved in S0's format as {ENERGY_TEST_DATA}")
 
     if cfg.weights_file:
         model = load_energy_weights(cfg.weights_file).to(run.device)
@@ -128,7 +125,7 @@ def run(cfg: Config, run: Run) -> dict[str, Any]:
             checkpoint=run.checkpoint_path, resume=run.resume, quiet=run.quiet, desc=run.experiment)
         run.save_history(history)
         train_loss = mse(model, x_train, e_train)
-        run.save_model(model, WEIGHTS)  # S0's weights-file format: a plain EnergyRegressor state dict
+        run.save_model(model, ENERGY_WEIGHTS)  # S0's weights-file format: a plain EnergyRegressor state dict
         run.checkpoint_path.unlink(missing_ok=True)  # 170 MB of Adam state, only needed to resume
     run.add_section("Model", model_summary(model))
 

@@ -23,7 +23,6 @@ import numpy as np
 import torch
 
 from dlclassics.config import BaseConfig, option
-from dlclassics.engine import seed_everything
 from dlclassics.runs import Reference, Run, markdown_table
 
 TITLE = "He initialisation: the derivation checked numerically (S1 Problem 1)"
@@ -152,8 +151,7 @@ def blowup_depth(ratio: torch.Tensor, factor: float = 100.0) -> int | None:
 
 
 def run(cfg: Config, run: Run) -> dict[str, Any]:
-    generator = seed_everything(cfg.seed)
-
+    generator = run.generator
     identity1 = check_identity1(cfg.width, cfg.mc_samples, generator)
     identity2 = check_identity2(cfg.width, cfg.mc_samples, generator)
     run.add_section("Identity (1): Var[z] = n Var[w] E[x^2]",

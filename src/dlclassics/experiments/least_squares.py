@@ -25,7 +25,6 @@ import torch
 
 from dlclassics.config import BaseConfig, option
 from dlclassics.data.linear_regression import LinearData, make_linear_data
-from dlclassics.engine import seed_everything
 from dlclassics.runs import Reference, Run, markdown_table
 
 TITLE = "Least squares: normal equations vs a stable solve (S3)"
@@ -89,7 +88,6 @@ def fit_both(data: LinearData) -> tuple[dict[str, Any], dict[str, list[float]]]:
 
 
 def run(cfg: Config, run: Run) -> dict[str, Any]:
-    seed_everything(cfg.seed)
     sizes = {"n_train": cfg.n_train, "n_test": cfg.n_test, "dim": cfg.dim, "noise": cfg.noise}
     # A fresh generator per dataset: the sweep reuses the same Z and noise at every condition number.
     data = make_linear_data(torch.Generator().manual_seed(cfg.seed), condition=cfg.condition, **sizes)

@@ -30,11 +30,10 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from dlclassics.config import BaseConfig, option
+from dlclassics.config import BaseConfig, dataset_option, option
 from dlclassics.data.ratings import Ratings, load_ratings, ratings_datasets
-from dlclassics.engine import seed_everything
 from dlclassics.errors import RunError, UsageError
-from dlclassics.methods.mf import ALS, single_threaded
+from dlclassics.methods.mf import ALS, dense, single_threaded
 from dlclassics.runs import Reference, Run, markdown_table
 
 TITLE = "Best rank-k approximation by truncated SVD: Eckart-Young checked numerically (S2 A.7)"
@@ -45,7 +44,7 @@ COLUMNS = ("matrix", "k", "svd_error", "discarded", "deviation", "best_random", 
 
 @dataclasses.dataclass(frozen=True)
 class Config(BaseConfig):
-    dataset: str = option("movielens-100k", "ratings dataset of the 'movielens' matrix", choices=ratings_datasets)
+    dataset: str = dataset_option("movielens-100k", ratings_datasets, "ratings dataset of the 'movielens' matrix")
     matrices: tuple[str, ...] = option(MATRICES, f"matrices to check ({', '.join(MATRICES)})")
     ranks: tuple[int, ...] = option((1, 2, 5, 10, 20, 50, 100, 200), "ranks k", low=1)
     shape: tuple[int, ...] = option((300, 200), "rows,columns of the random matrices", low=1)
@@ -73,7 +72,7 @@ REFERENCES = [
 
 
 def run(cfg: Config, run: Run) -> dict[str, Any]:
-    generator = seed_everything(cfg.seed)
+    generator = run.generator
     unknown = [name for name in cfg.matrices if name not in MATRICES]
     if unknown or not cfg.matrices:
         raise UsageError(f"option 'matrices': choose among {', '.join(MATRICES)}; got {', '.join(cfg.matrices)}")
@@ -135,7 +134,7 @@ def movielens_matrix(cfg: Config, run: Run, generator: torch.Generator) -> torch
              f"({len(data.ratings):,} ratings, 0 elsewhere) from {data.source}")
     if not data.comparable:
         run.mark_not_comparable(data.note)
-    return data.ratings.dense().double()
+    return dense(data.ratings).double()
 
 
 def photo_matrix(cfg: Config, run: Run, generator: torch.Generator) -> torch.Tensor:

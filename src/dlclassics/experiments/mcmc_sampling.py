@@ -26,23 +26,26 @@ import numpy as np
 import torch
 
 from dlclassics import plots
-from dlclassics.config import BaseConfig, option
-from dlclassics.data.energy_files import load_energy_weights, load_exact_energy
-from dlclassics.data.energy_task import build_energy_task, standardise
-from dlclassics.data.images import image_datasets, load_for_run
-from dlclassics.engine import seed_everything
-from dlclassics.experiments import energy_regressor
+from dlclassics.config import BaseConfig, dataset_option, epochs_option, option
+from dlclassics.data.images import image_datasets
+from dlclassics.methods.energy_task import build_energy_task, standardise
 from dlclassics.methods.mcmc import Chains, effective_sample_size, freeze, langevin
 from dlclassics.methods.pca import PCA
-from dlclassics.models.energy import train_energy_regressor
 from dlclassics.runs import METRICS, Reference, Run, Upstream, markdown_table
+from dlclassics.runs.products import ENERGY_WEIGHTS, EXACT_ENERGY, PIXEL_STATS
+from dlclassics.training.energy import (
+    REGRESSOR_BATCH_SIZE,
+    REGRESSOR_LR,
+    load_energy_weights,
+    load_exact_energy,
+    train_energy_regressor,
+)
 
 TITLE = "MALA vs ULA sampling from the energy network, timed, with t-SNE views (S0 Task 1)"
 
 # An energy-regressor run on generated data: its network, and the pixel scale its states live on
 # (its exact energy, when there, is used too).
-FROM_RUN = Upstream(("energy-regressor",), files=(energy_regressor.WEIGHTS, METRICS),
-                    metrics=energy_regressor.PIXEL_STATS)
+FROM_RUN = Upstream(("energy-regressor",), files=(ENERGY_WEIGHTS, METRICS), metrics=PIXEL_STATS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,10 +56,10 @@ class Config(BaseConfig):
     chains: int = option(16, "chains run at once (S0 ran one)", low=1)
     target: str = option("network", "what is sampled: the energy network or the exact energy",
                          choices=("network", "exact"))
-    dataset: str = option("fashion-mnist", "images for the exact energy and the t-SNE reference points",
-                          choices=image_datasets)
+    dataset: str = dataset_option("fashion-mnist", image_datasets,
+                                  "images for the exact energy and the t-SNE reference points")
     train_examples: int = option(4000, "regressor training set size when no --from-run is given", low=3)
-    epochs: int = option(3, "regressor training epochs when no --from-run is given", low=1)
+    epochs: int = epochs_option(3, "regressor training epochs when no --from-run is given")
     pca_components: int = option(32, "exact energy (no --from-run): principal coordinates of the mixture", low=1,
                                  high=783)
     mixture_components: int = option(10, "exact energy (no --from-run): Gaussian mixture components", low=1)
@@ -81,12 +84,12 @@ REFERENCES = [
 
 
 def run(cfg: Config, run: Run) -> dict[str, Any]:
-    generator = seed_everything(cfg.seed)
-    data = load_for_run(run, cfg.dataset)
+    generator = run.generator
+    data = run.load_images(cfg.dataset)
     network, exact, pixel_mean, pixel_std = energy_source(cfg, run, data, generator)
     reference, _, _ = standardise(data.test_x, pixel_mean, pixel_std)
     energy = exact if cfg.target == "exact" else freeze(network)  # exact: float64 inside, float32 states
-    run.mark_not_comparable("S0's trained weights are not available: the energy is ours (see data/energy_task.py); "
+    run.mark_not_comparable("S0's trained weights are not available: the energy is ours (see methods/energy_task.py); "
                             f"times are for {cfg.chains} chain(s) on {run.device}, S0's for one chain on an Apple GPU")
 
     # ---- the two samplers, from the same N(0, I) start (as S0) and the same noise seed
@@ -120,19 +123,18 @@ def energy_source(cfg: Config, run: Run, data: Any, generator: torch.Generator) 
     """(energy network, exact energy or None, pixel mean, pixel std) from --from-run or trained here."""
     source = run.from_run
     if source is not None:
-        wants_exact = cfg.target == "exact" or source.has(energy_regressor.EXACT_ENERGY)
-        exact = source.load(energy_regressor.EXACT_ENERGY, load_exact_energy).to(run.device) if wants_exact else None
-        network = source.load(energy_regressor.WEIGHTS, load_energy_weights).to(run.device)
-        pixel_mean, pixel_std = (source.metrics()[key] for key in energy_regressor.PIXEL_STATS)
+        wants_exact = cfg.target == "exact" or source.has(EXACT_ENERGY)
+        exact = source.load(EXACT_ENERGY, load_exact_energy).to(run.device) if wants_exact else None
+        network = source.load(ENERGY_WEIGHTS, load_energy_weights).to(run.device)
+        pixel_mean, pixel_std = (source.metrics()[key] for key in PIXEL_STATS)
         run.note(f"energy network from {source.folder}")
         return network, exact, pixel_mean, pixel_std
     task = build_energy_task(data.train_x, data.test_x, pca_components=cfg.pca_components,
                              mixture_components=cfg.mixture_components, n_train=cfg.train_examples,
                              n_test=max(3, cfg.train_examples // 10), seed=cfg.seed, generator=generator,
                              fit_images=cfg.fit_images)
-    recipe = energy_regressor.Config()  # energy-regressor's batch size and learning rate
     model, _ = train_energy_regressor(task.x_train, task.e_train, epochs=cfg.epochs,
-                                      batch_size=recipe.batch_size, lr=recipe.lr, generator=generator,
+                                      batch_size=REGRESSOR_BATCH_SIZE, lr=REGRESSOR_LR, generator=generator,
                                       device=run.device, quiet=run.quiet)
     run.save_model(model)
     run.note(f"no --from-run: trained an EnergyRegressor here on {cfg.train_examples:,} generated examples for "

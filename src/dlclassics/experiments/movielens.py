@@ -30,15 +30,14 @@ import numpy as np
 import torch
 
 from dlclassics import plots
-from dlclassics.config import BaseConfig, option
+from dlclassics.config import BaseConfig, dataset_option, option
 from dlclassics.data.ratings import (
     SEPARATORS,
     Ratings,
     RatingsData,
-    load_for_run,
+    load_ratings_or_file,
     ratings_datasets,
 )
-from dlclassics.engine import seed_everything
 from dlclassics.errors import UsageError
 from dlclassics.methods.mf import (
     ALS,
@@ -64,7 +63,7 @@ SURPRISE = [("SVD++ (Surprise's best)", 0.919, 0.721, "~90 s"), ("SVD", 0.934, 0
 
 @dataclasses.dataclass(frozen=True)
 class Config(BaseConfig):
-    dataset: str = option("movielens-100k", "ratings dataset", choices=ratings_datasets)
+    dataset: str = dataset_option("movielens-100k", ratings_datasets, "ratings dataset")
     ratings_file: str = option("", "your own ratings instead: CSV/TSV of user,item,rating[,timestamp] "
                                    "(MovieLens 1M/10M '::' and 20M/25M CSV files are read as they are)")
     separator: str = option("auto", "column separator of ratings_file", choices=tuple(SEPARATORS))
@@ -112,12 +111,12 @@ REFERENCES = [
 
 
 def run(cfg: Config, run: Run) -> dict[str, Any]:
-    seed_everything(cfg.seed)
     unknown = [name for name in cfg.models if name not in MODELS]
     if unknown:
         raise UsageError(f"option 'models': unknown {', '.join(unknown)}; choose among {', '.join(MODELS)}")
-    data = load_for_run(run, cfg.dataset, cfg.folds if cfg.five_fold else (), cfg.ratings_file, cfg.separator,
-                        cfg.scale, cfg.n_folds, cfg.seed)
+    data = run.use_data(load_ratings_or_file(cfg.dataset, cfg.folds if cfg.five_fold else (), cfg.ratings_file,
+                                             cfg.separator, cfg.scale, cfg.n_folds, cfg.seed, run.data_dir,
+                                             run.unverified))
     if cfg.source_split:
         check_ranks(cfg, min(data.ratings.n_users, data.ratings.n_items))
     metrics: dict[str, Any] = {}

@@ -28,9 +28,8 @@ import numpy as np
 import torch
 
 from dlclassics import plots
-from dlclassics.config import BaseConfig, option
+from dlclassics.config import BaseConfig, batch_size_option, lr_option, option
 from dlclassics.data.linear_regression import LinearData, make_linear_data
-from dlclassics.engine import seed_everything
 from dlclassics.errors import UsageError
 from dlclassics.methods import optim
 from dlclassics.runs import Reference, Run, markdown_table
@@ -59,8 +58,8 @@ class Config(BaseConfig):
     gammas: tuple[float, ...] = option((0.4, 0.7, 1.0, 2.0, 3.0, 5.0), "loss exponents gamma", low=0.0, low_open=True)
     methods: tuple[str, ...] = option(("sgd", "adam", "adagrad"), "optimisers: any of sgd, adam, adagrad")
     steps: int = option(1000, "updates per run", low=1)
-    lr: float = option(1e-3, "learning rate of every method", low=0.0, low_open=True)
-    batch_size: int = option(1, "examples per update, drawn with replacement", low=1)
+    lr: float = lr_option(1e-3, "learning rate of every method")
+    batch_size: int = batch_size_option(1, "examples per update, drawn with replacement")
     replicates: int = option(10, "independent runs per (gamma, method)", low=2)
     test_every: int = option(50, "steps between test-loss evaluations", low=1)
     grad_noise: float = option(0.0, "std of Gaussian noise added to every gradient", low=0.0)
@@ -130,7 +129,7 @@ def study(data: LinearData, cfg: Config, generator: torch.Generator) -> tuple[to
 
 
 def run(cfg: Config, run: Run) -> dict[str, Any]:
-    generator = seed_everything(cfg.seed)
+    generator = run.generator
     data = make_linear_data(generator)
     test_loss, theta = study(data, cfg, generator)
     steps = np.arange(0, cfg.steps, cfg.test_every)

@@ -27,14 +27,25 @@ this rule decides.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import warnings
 from collections.abc import Iterator
+from typing import Protocol
 
 import torch
 
-from dlclassics.data.ratings import Ratings
-
 CHUNK = 1 << 16  # ratings per gather of [chunk, rank] factor rows (a few MB)
+
+
+class Ratings(Protocol):
+    """What the estimators read: ratings as parallel tensors over a shared index, user [N] and item [N]
+    (int64, in 0..n_users-1 and 0..n_items-1) and value [N] (`data.ratings.Ratings` is one)."""
+
+    users: torch.Tensor
+    items: torch.Tensor
+    values: torch.Tensor
+    n_users: int
+    n_items: int
 
 
 # ---------------------------------------------------------------- shared algebra
@@ -127,6 +138,14 @@ def both_sides(ratings: Ratings) -> tuple[RatingMatrix, RatingMatrix]:
             RatingMatrix(ratings.items, ratings.users, ratings.n_items, ratings.n_users))
 
 
+def dense(ratings: Ratings) -> torch.Tensor:
+    """[n_users, n_items] with the ratings in place and 0 where none was given (the source's matrix; only
+    for data of MovieLens-100k's size)."""
+    matrix = torch.zeros(ratings.n_users, ratings.n_items, dtype=ratings.values.dtype)
+    matrix[ratings.users, ratings.items] = ratings.values
+    return matrix
+
+
 def rmse(predicted: torch.Tensor, actual: torch.Tensor) -> float:
     return (predicted - actual).double().square().mean().sqrt().item()
 
@@ -180,7 +199,7 @@ class TruncatedSVD:
     def fit(self, ratings: Ratings) -> TruncatedSVD:
         if not 1 <= self.rank <= min(ratings.n_users, ratings.n_items):
             raise ValueError(f"rank must be between 1 and {min(ratings.n_users, ratings.n_items)}; got {self.rank}")
-        left, singular, right_t = torch.linalg.svd(ratings.dense(), full_matrices=False)
+        left, singular, right_t = torch.linalg.svd(dense(ratings), full_matrices=False)
         self.user_factors_ = left[:, : self.rank]  # [users, d], orthonormal columns
         self.singular_values_ = singular[: self.rank]
         self.item_factors_ = right_t[: self.rank].T  # [items, d]
@@ -253,6 +272,30 @@ class ALS:
 
 # ---------------------------------------------------------------- beyond the source
 
+@dataclasses.dataclass
+class BiasedStart:
+    """Where both biased factorisations start: the two sides' rating matrices, the mean rating mu, the
+    ratings minus mu, and small random user and item rows [n, width] drawn from `generator`."""
+
+    generator: torch.Generator
+    by_user: RatingMatrix
+    by_item: RatingMatrix
+    global_mean: float
+    centred: torch.Tensor
+    users: torch.Tensor
+    items: torch.Tensor
+
+
+def biased_start(ratings: Ratings, width: int, seed: int) -> BiasedStart:
+    generator = torch.Generator().manual_seed(seed)
+    by_user, by_item = both_sides(ratings)
+    global_mean = ratings.values.double().mean().item()
+    dtype = ratings.values.dtype
+    users = 0.1 * torch.randn(ratings.n_users, width, generator=generator, dtype=dtype)
+    items = 0.1 * torch.randn(ratings.n_items, width, generator=generator, dtype=dtype)
+    return BiasedStart(generator, by_user, by_item, global_mean, ratings.values - global_mean, users, items)
+
+
 class BiasedALS:
     """r_ui ~ mu + b_u + b_i + p_u . q_i with mu the mean training rating, by ALS: a user step solves
     [b_u, p_u] against the item features [1, q_i] and targets r - mu - b_i with penalties
@@ -268,13 +311,10 @@ class BiasedALS:
     def fit(self, ratings: Ratings) -> BiasedALS:
         if self.reg <= 0 or self.reg_bias <= 0:
             raise ValueError(f"reg and reg_bias must be > 0; got {self.reg}, {self.reg_bias}")
+        start = biased_start(ratings, self.rank, self.seed)
+        by_user, by_item, centred, users, items = start.by_user, start.by_item, start.centred, start.users, start.items
+        self.global_mean_ = start.global_mean
         dtype = ratings.values.dtype
-        generator = torch.Generator().manual_seed(self.seed)
-        by_user, by_item = both_sides(ratings)
-        self.global_mean_ = ratings.values.double().mean().item()
-        centred = ratings.values - self.global_mean_
-        users = 0.1 * torch.randn(ratings.n_users, self.rank, generator=generator, dtype=dtype)
-        items = 0.1 * torch.randn(ratings.n_items, self.rank, generator=generator, dtype=dtype)
         user_bias, item_bias = torch.zeros(ratings.n_users, dtype=dtype), torch.zeros(ratings.n_items, dtype=dtype)
         penalty = torch.tensor([self.reg_bias] + [self.reg] * self.rank, dtype=dtype)
         for _ in range(self.sweeps):
@@ -323,14 +363,10 @@ class BayesianMF:
     def fit(self, ratings: Ratings) -> BayesianMF:
         if not 0 <= self.burn_in < self.sweeps:
             raise ValueError(f"burn_in must be in [0, sweeps); got {self.burn_in} of {self.sweeps}")
-        dtype = ratings.values.dtype
-        generator = torch.Generator().manual_seed(self.seed)
-        by_user, by_item = both_sides(ratings)
-        self.global_mean_ = ratings.values.double().mean().item()
-        centred = ratings.values - self.global_mean_
-        # Column 0 is the bias, columns 1: the factors.
-        users = 0.1 * torch.randn(ratings.n_users, self.rank + 1, generator=generator, dtype=dtype)
-        items = 0.1 * torch.randn(ratings.n_items, self.rank + 1, generator=generator, dtype=dtype)
+        start = biased_start(ratings, self.rank + 1, self.seed)  # column 0 is the bias, columns 1: the factors
+        generator, by_user, by_item, centred = start.generator, start.by_user, start.by_item, start.centred
+        users, items = start.users, start.items
+        self.global_mean_ = start.global_mean
         users[:, 0], items[:, 0] = 0, 0
         self.samples_: list[tuple[torch.Tensor, torch.Tensor]] = []
         for sweep in range(self.sweeps):
