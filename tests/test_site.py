@@ -6,19 +6,17 @@ Most tests build sites from hand-written run folders (fast); one makes real --qu
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import shutil
 from pathlib import Path
 
 import pytest
+from conftest import run_quick
 from markupsafe import escape
 
-from conftest import run_quick
-from dlclassics import registry, site
+from dlclassics import site
 from dlclassics.cli import main
-from dlclassics.config import resolve
 from dlclassics.files import atomic_write_json, atomic_write_text
 
 HOSTILE = "<script>window.pwned = 1</script>"
@@ -98,7 +96,7 @@ def test_incomplete_and_failed_runs_are_never_shown_as_finished(tmp_path):
     assert 'alt="loss"' in page(index, incomplete)
     experiment_page = (index.parent / "experiments" / "mnist-mlp.html").read_text()
     recipes = experiment_page.split("Seed against tuned")[1].split("</table>")[0]
-    assert '<th scope="row">custom</th><td class="num">1</td>' in recipes  # one finished run, not five
+    assert '<th scope="row">unrecorded</th><td class="num">1</td>' in recipes  # one finished run, not five
 
 
 def test_rebuild_renders_only_changed_runs_and_drops_removed_ones(tmp_path):
@@ -180,19 +178,15 @@ def test_report_builds_the_site_and_opens_it(tmp_path, capsys, monkeypatch):
     assert (index.parent / "assets" / "site.js").is_file() and (index.parent / "assets" / "style.css").is_file()
 
 
-def _config(experiment: str, *layers: dict) -> dict:
-    module = registry.load(experiment)
-    return site.as_json(dataclasses.asdict(resolve(module.Config, *layers)))
-
-
-def test_recipe_is_read_from_the_resolved_config():
-    seed, quick = registry.load("mnist-mlp").RECIPES["seed"], {**registry.load("mnist-mlp").QUICK, "quick": True}
-    assert site.recipe_of("mnist-mlp", _config("mnist-mlp")) == "tuned"
-    assert site.recipe_of("mnist-mlp", _config("mnist-mlp", seed)) == "seed"
-    assert site.recipe_of("mnist-mlp", _config("mnist-mlp", seed, quick)) == "seed"  # QUICK's epochs left out
-    assert site.recipe_of("mnist-mlp", _config("mnist-mlp", {"lr": 0.5})) == "custom"
-    assert site.recipe_of("vae", _config("vae")) == "seed = tuned"
-    assert site.recipe_of("no-such-experiment", {}) == "unknown"
+def test_recipe_is_read_from_config_json_without_importing_experiments(toy, tmp_path):
+    for extra in ((), ("--recipe", "seed"), ("--seed", "3"), ("--set", "lr=0.25")):
+        assert main(["run", "toy", "--out", str(tmp_path / "runs"), "--no-site", *extra]) == 0
+    records = [json.loads(path.read_text()) for path in sorted((tmp_path / "runs" / "toy").glob("*/config.json"))]
+    assert sorted(site.recipe_of(record) for record in records) == ["custom", "seed", "tuned", "tuned"]
+    assert [record["changed_options"] for record in records if record["changed_options"]] == [["lr"]]
+    assert site.recipe_of({"config": {}}) == "unrecorded"
+    source = Path(site.__file__).read_text()
+    assert "registry.load" not in source and "dlclassics.experiments" not in source
 
 
 def test_report_sections_become_tables_code_and_paragraphs():

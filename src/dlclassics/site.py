@@ -151,16 +151,15 @@ class RunInfo:
 
 
 def read_run(experiment: str, folder: Path, previous: Mapping[str, Any]) -> RunInfo:
-    """The run folder's files; `previous` (the old site's manifest entries) spares working out the recipe
-    of a run that has not changed, which would import its experiment's module (torch, matplotlib)."""
+    """The run folder's files; `previous` (the old site's manifest entries) tells whether its page can be
+    kept from the last build."""
     record = read_json(folder / CONFIG, dict) or {}
     references = [ref for ref in read_json(folder / VERDICTS, list) or [] if isinstance(ref, dict)]
     run = RunInfo(experiment, folder, record, read_json(folder / METRICS, dict), references,
                   read_json(folder / REPORT_PARTS, dict) or {}, run_signature(folder))
     known = previous.get(run.key)
-    run.unchanged = (isinstance(known, dict) and known.get("signature") == run.signature
-                     and isinstance(known.get("recipe"), str))
-    run.recipe = known["recipe"] if run.unchanged else recipe_of(experiment, run.config)
+    run.unchanged = isinstance(known, dict) and known.get("signature") == run.signature
+    run.recipe = recipe_of(record)
     return run
 
 
@@ -186,39 +185,13 @@ def run_folders(root: Path, skip: Path) -> Iterator[tuple[str, Path]]:
                 yield experiment_dir.name, folder
 
 
-@functools.cache
-def recipes_of(experiment: str) -> tuple[dict[str, dict[str, Any]], frozenset[str]]:
-    """An experiment's recipes as full configs (JSON values), and the options its QUICK size sets."""
-    module = registry.load(experiment)
-    defaults = {field.name: field.default for field in dataclasses.fields(module.Config)}
-    return ({name: as_json({**defaults, **overrides}) for name, overrides in module.RECIPES.items()},
-            frozenset(module.QUICK))
-
-
-def recipe_of(experiment: str, config: Mapping[str, Any]) -> str:
-    """Which recipe a run used: seed, tuned, "seed = tuned" (the experiment's two recipes are the same),
-    custom (neither), or unknown (an experiment this version does not have).
-
-    config.json holds the resolved values, not the recipe's name, so the values that tell the recipes
-    apart are compared; a --quick run's own sizes are left out of that comparison.
-    """
-    try:
-        recipes, quick_keys = recipes_of(experiment)
-    except UsageError:
-        return "unknown"
-    telling = {key for values in recipes.values() for key in values
-               if len({json.dumps(other.get(key)) for other in recipes.values()}) > 1}
-    if config.get("quick"):
-        telling -= quick_keys
-    matching = [name for name, values in recipes.items() if all(config.get(key) == values[key] for key in telling)]
-    if len(matching) > 1:
-        return " = ".join(matching)
-    return matching[0] if matching else "custom"
-
-
-def as_json(value: Any) -> Any:
-    """The value as it reads back from a JSON file (tuples become lists), to compare with config.json."""
-    return json.loads(json.dumps(value))
+def recipe_of(record: Mapping[str, Any]) -> str:
+    """Which recipe a run used, from its config.json: seed or tuned, "custom" when options were set beyond
+    it (another seed or device aside), "unrecorded" for a run from a version that did not record it."""
+    recipe = record.get("recipe")
+    if recipe not in ("seed", "tuned"):
+        return "unrecorded"
+    return "custom" if record.get("changed_options") else recipe
 
 
 def is_number(value: Any) -> bool:
