@@ -83,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     runs = commands.add_parser("runs", help="recent finished runs with their key metrics")
     runs.add_argument("experiment", nargs="?", help="only this experiment's runs")
     runs.add_argument("--out", type=Path, default=DEFAULT_RUNS, help="root folder of run folders (default: runs)")
-    runs.add_argument("--limit", type=int, default=20, help="at most this many runs (default: 20)")
+    runs.add_argument("--limit", type=bounded_int(1, 1_000_000), default=20, help="at most this many runs (default: 20)")
     runs.add_argument("--markdown", action="store_true",
                       help="the latest run of each experiment as README results-table rows")
 
@@ -188,14 +188,17 @@ def command_runs(args: argparse.Namespace) -> int:
     from dlclassics.runs.report import format_number
     from dlclassics.runs.results import list_runs, results_table
 
-    rows = list_runs(args.out, args.experiment)[: args.limit]
+    found = list_runs(args.out, args.experiment)
+    for reason in found.skipped:
+        print(f"dlclassics: skipped {reason}", file=sys.stderr)
+    rows = found.rows[: args.limit]
     if args.markdown:
         print(results_table(rows))
         return 0
     if not rows:
         print(f"no finished runs under {args.out}")
     for row in rows:
-        keys = [k for k in row["metrics"] if k.startswith(("test_", "val_", "best_")) or k == "wall_time_s"][:5]
+        keys = [k for k in row["metrics"] if str(k).startswith(("test_", "val_", "best_")) or k == "wall_time_s"][:5]
         summary = ", ".join(f"{k}={format_number(row['metrics'][k])}" for k in keys)
         print(f"{row['experiment']:<22} {Path(row['path']).name:<26} {summary}")
     return 0

@@ -24,7 +24,7 @@ from torch import nn
 
 from dlclassics.distributed import DataParallel, Step
 from dlclassics.errors import RunError
-from dlclassics.files import atomic_torch_save
+from dlclassics.files import atomic_torch_save, load_tensor_file
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -229,15 +229,20 @@ def fit(model: nn.Module, data: Sequence[torch.Tensor], *, optimizer: torch.opti
     snapshots: list[torch.Tensor] = []
     first_epoch = 1
     if resume and checkpoint is not None and checkpoint.exists():
-        state = torch.load(checkpoint, weights_only=True)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if scheduler is not None:
-            scheduler.load_state_dict(state["scheduler"])
-        generator.set_state(state["generator"])
-        _set_rng_state(state["rng"])
-        history, iterations, snapshots = state["history"], state["iterations"], state["snapshots"]
-        first_epoch = state["epoch"] + 1
+        state = load_tensor_file(checkpoint, "a training checkpoint written by dlclassics")
+        try:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            if scheduler is not None:
+                scheduler.load_state_dict(state["scheduler"])
+            generator.set_state(state["generator"])
+            _set_rng_state(state["rng"])
+            history, iterations, snapshots = state["history"], state["iterations"], state["snapshots"]
+            first_epoch = int(state["epoch"]) + 1
+        except (KeyError, TypeError, IndexError, ValueError, RuntimeError, AttributeError) as exc:
+            reason = " ".join(str(exc).split())[:200] or type(exc).__name__
+            raise RunError(f"{checkpoint} is not a training checkpoint of this run ({reason}); delete that run "
+                           "folder and start a new run") from None
     parallel = DataParallel(model, step)
     main_process = parallel.rank == 0
     progress = Progress(desc, epochs, first_epoch, math.ceil(n / batch_size), quiet or not main_process)

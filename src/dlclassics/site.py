@@ -43,9 +43,11 @@ from dlclassics.errors import UsageError
 from dlclassics.runs import CONFIG, HISTORY, METRICS
 from dlclassics.runs.folder import INCOMPLETE, REPORT, REPORT_PARTS
 from dlclassics.runs.report import format_number
+from dlclassics.runs.session import resume_command
 
 SITE = "site"  # the site's folder under the runs root, by default
 MANIFEST = "manifest.json"  # what each run page was built from, so a rebuild renders only what changed
+GENERATOR = "dlclassics results site"  # the manifest's mark: only a folder holding it is ever replaced
 VERDICTS = "references.json"
 RUN_FILES = (CONFIG, METRICS, VERDICTS, REPORT_PARTS, HISTORY, REPORT)  # linked beside each run's page
 ASSETS = ("style.css", "site.js")
@@ -107,7 +109,9 @@ class RunInfo:
     @property
     def status_note(self) -> str:
         """Why a run is not finished, for the banner on its page."""
-        resume = f"dlclassics run {self.experiment} --resume {self.folder}"
+        command = self.record.get("command")
+        command = [str(word) for word in command] if isinstance(command, list) else []
+        resume = resume_command(command, self.experiment, self.folder)
         if not self.name.endswith(INCOMPLETE):
             return "Its folder has no readable metrics.json: the file is missing or damaged."
         if self.ended == "failed":
@@ -195,7 +199,18 @@ def recipe_of(record: Mapping[str, Any]) -> str:
 
 
 def is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    """A finite int or float that a float can hold (a 400-digit integer in a damaged metrics.json is not)."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
+def listed(value: Any) -> list[Any]:
+    """`value` if it is a list, else nothing: a damaged report.json (`"notes": 5`) shows no notes, never fails."""
+    return value if isinstance(value, list) else []
 
 
 def verdict_kind(verdict: Any) -> str:
@@ -212,7 +227,7 @@ def figures(run: RunInfo) -> list[dict[str, Any]]:
     """Each PNG in figures/ with its caption (report.json; the file's name for a run that has none yet)
     and the data files saved beside it."""
     captions = {Path(str(figure.get("path"))).name: str(figure.get("caption"))
-                for figure in run.report.get("figures", []) if isinstance(figure, dict)}
+                for figure in listed(run.report.get("figures")) if isinstance(figure, dict)}
     pngs = sorted((run.folder / "figures").glob("*.png"), key=lambda p: (p.name not in captions, p.name))
     return [{"src": f"figures/{png.name}", "caption": captions.get(png.name, png.stem.replace("_", " ")),
              "data": [f"figures/{data.name}" for data in (png.with_suffix(".csv"), png.with_suffix(".npz"))
@@ -308,8 +323,9 @@ def build(runs_root: Path, out: Path | None = None) -> Path:
         raise UsageError(f"--runs {runs_root}: no such folder; run an experiment first "
                          "('dlclassics run ID') or pass the folder your runs are in")
     out = Path(out) if out is not None else runs_root / SITE
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / MANIFEST).is_file())):
-        raise UsageError(f"--out {out} exists and is not a dlclassics site; it would be replaced: pass a new folder")
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not is_our_site(out))):
+        raise UsageError(f"--out {out} exists and is not a dlclassics site (no manifest.json written by dlclassics); "
+                         "building there would replace what it holds: pass a new or empty folder")
     out.parent.mkdir(parents=True, exist_ok=True)
     with _locked(out):
         previous = reusable_entries(out)
@@ -324,6 +340,14 @@ def build(runs_root: Path, out: Path | None = None) -> Path:
             shutil.rmtree(staging, ignore_errors=True)
             raise
     return out / "index.html"
+
+
+def is_our_site(folder: Path) -> bool:
+    """Whether `folder` is a site this project built: its manifest.json is ours (our generator mark, a
+    code fingerprint and the runs' entries), not any file of that common name."""
+    manifest = read_json(folder / MANIFEST, dict) or {}
+    return (manifest.get("generator") == GENERATOR and isinstance(manifest.get("fingerprint"), str)
+            and isinstance(manifest.get("runs"), dict))
 
 
 def reusable_entries(out: Path) -> dict[str, Any]:
@@ -341,6 +365,8 @@ def refresh(runs_root: Path) -> str:
         return str(build(runs_root))
     except (OSError, UsageError) as exc:
         return f"site not refreshed: {exc}"
+    except Exception as exc:  # a damaged run folder the site cannot show must not fail the run that just finished
+        return f"site not refreshed: {type(exc).__name__}: {exc}; 'dlclassics report' rebuilds it"
 
 
 def open_in_browser(index: Path) -> None:
@@ -391,7 +417,7 @@ def write_site(runs: Sequence[RunInfo], runs_root: Path, staging: Path, previous
     (staging / "assets").mkdir()
     for asset in ASSETS:
         (staging / "assets" / asset).write_bytes(template_file(asset).read_bytes())
-    manifest = {"fingerprint": code_fingerprint(),
+    manifest = {"generator": GENERATOR, "fingerprint": code_fingerprint(),
                 "runs": {run.key: {"signature": run.signature, "recipe": run.recipe} for run in runs}}
     (staging / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
 
@@ -410,8 +436,8 @@ def write_run_page(env: jinja2.Environment, run: RunInfo, page_dir: Path, common
     _render(env, "run.html", page_dir / "index.html", root="../../../", run=run, title=title_of(run.experiment),
             figures=run_figures, history=history_charts(run.folder / HISTORY), files=shown_files,
             sections=[{"title": str(s.get("title")), "blocks": markdown_blocks(str(s.get("markdown", "")))}
-                      for s in run.report.get("sections", []) if isinstance(s, dict)],
-            notes=[str(note) for note in run.report.get("notes", [])], **common)
+                      for s in listed(run.report.get("sections")) if isinstance(s, dict)],
+            notes=[str(note) for note in listed(run.report.get("notes"))], **common)
 
 
 def experiment_context(experiment: str, runs: Sequence[RunInfo]) -> dict[str, Any]:

@@ -18,6 +18,7 @@ run joins it on purpose with `--study NAME`, and only with the same search (its 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -28,14 +29,14 @@ import sys
 import time
 import urllib.parse
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import optuna
 import torch
 
-from dlclassics.errors import RunError, UsageError
+from dlclassics.errors import LostResource, RunError, UsageError
 
 Objective = Callable[[optuna.trial.Trial], float]
 # How often a running trial reports it is alive, and after how long without a report it is failed.
@@ -47,6 +48,7 @@ SURPLUS = "surplus"  # trial user attribute: taken when no slot was left, pruned
 ERROR = "error"  # trial user attribute: the RunError that failed it
 SIGNATURE = "signature"  # study user attribute: what the trials' values depend on
 STATES = optuna.trial.TrialState
+LOST_STORAGE = 3  # a worker's exit code when the study's storage went away
 
 # Our own one line per trial replaces Optuna's log (which prints a traceback for every failed trial).
 optuna.logging.set_verbosity(optuna.logging.ERROR)
@@ -324,15 +326,41 @@ def run_trials(study: optuna.Study, objective: Objective, *, heartbeats: bool = 
     guarded = _guarded(objective, study)
     callbacks = [] if quiet else [_trial_line(metric)]
     while stop is None or not stop.is_set():
-        if heartbeats:
-            _fail_orphans(study, heartbeats)
-        states = {t.state for t in _slot_trials(study)}
-        if STATES.WAITING in states:
-            study.optimize(guarded, n_trials=1, catch=(RunError,), callbacks=callbacks)
-        elif STATES.RUNNING in states and heartbeats:
-            time.sleep(HEARTBEAT_SECONDS)
-        else:
-            return
+        with _storage_guard(study):
+            if heartbeats:
+                _fail_orphans(study, heartbeats)
+            states = {t.state for t in _slot_trials(study)}
+            if STATES.WAITING in states:
+                study.optimize(guarded, n_trials=1, catch=(RunError,), callbacks=callbacks)
+            elif STATES.RUNNING in states and heartbeats:
+                time.sleep(HEARTBEAT_SECONDS)
+            else:
+                return
+
+
+@contextlib.contextmanager
+def _storage_guard(study: optuna.Study) -> Iterator[None]:
+    """An error while the study's storage cannot be reached (a database that went down) is a LostResource:
+    one line, and the trials already finished stay in the storage to resume. Any other error is raised as
+    it is (and the storage's own failure inside Optuna may surface as any exception type)."""
+    try:
+        yield
+    except (RunError, UsageError, KeyboardInterrupt):
+        raise
+    except Exception as exc:
+        if _reachable(study):
+            raise
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise LostResource(f"lost the study's storage ({first[:200]}); the finished trials are kept there, and "
+                           "the run resumes once it is reachable again") from None
+
+
+def _reachable(study: optuna.Study) -> bool:
+    try:
+        study.get_trials(deepcopy=False)
+        return True
+    except Exception:  # whatever the driver raises for a server that is gone
+        return False
 
 
 def _interrupt_once(signum: int, frame: Any) -> None:
@@ -355,6 +383,8 @@ def _worker(worker_objective: WorkerObjective, search: Search, place: StudyPlace
         run_trials(study, objective, heartbeats=place.heartbeats, metric=search.metric, quiet=quiet, stop=stop)
     except KeyboardInterrupt:
         pass  # its trial failed and is queued again when the search resumes; the main process says so
+    except LostResource:
+        sys.exit(LOST_STORAGE)  # the main process meets the same storage and says so, once
 
 
 def _stop_workers(processes: list[Any], stop: Any) -> None:
@@ -377,7 +407,7 @@ def _stop_workers(processes: list[Any], stop: Any) -> None:
 def _run_workers(worker_objective: WorkerObjective, search: Search, place: StudyPlace, seed: int, workers: int,
                  quiet: bool) -> list[int]:
     """`workers` spawned processes share the study until no slot is waiting; returns their exit codes."""
-    threads = max(1, (os.cpu_count() or 1) // workers)
+    threads = worker_threads(workers)
     context = multiprocessing.get_context("spawn")
     stop = context.Event()
     processes = [context.Process(target=_worker, args=(worker_objective, search, place, seed + rank, threads,
@@ -424,15 +454,45 @@ def optimize(objective: Objective, search: Search, place: StudyPlace, *, workers
         if dead:
             print(f"{len(dead)} sweep worker(s) stopped early (exit codes {dead}); their trials run again here",
                   file=sys.stderr, flush=True)
-        _fail_orphans(study, place.heartbeats)
-        _queue_slots(study, search)
+        with _storage_guard(study):
+            _fail_orphans(study, place.heartbeats)
+            _queue_slots(study, search)
         seed += workers
     study.sampler = make_sampler(search.sampler, seed)
-    run_trials(study, objective, heartbeats=place.heartbeats, metric=search.metric, quiet=quiet)
+    # A trial a dead worker left is run here on a worker's thread count, so it scores as it would have there.
+    with torch_threads(worker_threads(workers) if workers > 1 else torch.get_num_threads()):
+        run_trials(study, objective, heartbeats=place.heartbeats, metric=search.metric, quiet=quiet)
     return study
 
 
+def worker_threads(workers: int) -> int:
+    """Intra-op threads of each of `workers` local worker processes: the cores divided among them."""
+    return max(1, (os.cpu_count() or 1) // workers)
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    """torch's intra-op thread count set to `threads` for the block, then restored."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 # ---------------------------------------------------------------- results
+
+def finished_trials(storage_url: str, study_name: str) -> int:
+    """How many trials of the study in the database finished (0 when it cannot be read): whether a stopped
+    run sharing a database has work to resume."""
+    try:
+        storage = optuna.storages.RDBStorage(storage_url, engine_kwargs={"pool_size": 1, "max_overflow": 0})
+        study = optuna.load_study(study_name=study_name, storage=storage)
+        return len(study.get_trials(deepcopy=False, states=(STATES.COMPLETE,)))
+    except Exception:  # no such study yet, or the database is gone
+        return 0
+
 
 def completed_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     """The finished trials, in slot order."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -111,5 +112,19 @@ def read_finished_run(folder: Path, experiments: str | Sequence[str], needs: Seq
         raise UsageError(f"--from-run {folder} is a '{found}' run; pass a {' or '.join(allowed)} run")
     finished = FinishedRun(folder, record)
     if metrics:
-        finished.metrics(needs=metrics)
+        values = finished.metrics(needs=metrics)
+        for key in metrics:
+            if not is_finite_number(values[key]):
+                raise UsageError(f"--from-run {folder}: {METRICS} gives {key} = {str(values[key])[:40]!r}, not a finite "
+                                 f"number; pass a finished {wanted} run whose files were not edited")
     return finished
+
+
+def is_finite_number(value: Any) -> bool:
+    """An int or float (not a bool) that is finite as a float: what a metric another run reads must be."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an integer too large for a float
+        return False

@@ -18,6 +18,7 @@ import io
 import json
 import math
 import os
+import shlex
 import shutil
 import sys
 import time
@@ -31,7 +32,7 @@ import torch
 from dlclassics import __version__, distributed, registry
 from dlclassics.config import load_toml, parse_assignments, resolve
 from dlclassics.engine import FitResult, fit, resolve_device, seed_everything
-from dlclassics.errors import RunError, UsageError
+from dlclassics.errors import LostResource, RunError, UsageError
 from dlclassics.files import atomic_torch_save, atomic_write_bytes, atomic_write_csv, atomic_write_json, jsonable
 from dlclassics.runs.contract import FinishedRun, read_finished_run
 from dlclassics.runs.folder import (
@@ -54,7 +55,7 @@ from dlclassics.runs.folder import (
     run_id,
 )
 from dlclassics.runs.report import Reference, write_report
-from dlclassics.sweep import masked_url, own_study_name
+from dlclassics.sweep import finished_trials, masked_url, own_study_name
 
 D = TypeVar("D")
 RECIPES = ("seed", "tuned")
@@ -73,6 +74,7 @@ class Run:
     device: torch.device  # resolved once from config.device ("auto" -> cuda, mps or cpu)
     recipe: str = "tuned"
     changed_options: list[str] = dataclasses.field(default_factory=list)  # set beyond the recipe
+    command: list[str] = dataclasses.field(default_factory=list)  # the `dlclassics` arguments that started it
     data_dir: Path | None = None
     carve_test: float = 0.0
     unverified: bool = False  # data files accepted without matching the official checksums
@@ -328,7 +330,7 @@ def run_record(prepared: Prepared, device: torch.device, threads: int, folder: P
     """What the experiment's `run` receives; ranks other than 0 stay quiet."""
     request = prepared.request
     return Run(experiment=request.experiment, dir=folder, config=prepared.config, device=device,
-               recipe=request.recipe, changed_options=prepared.changed_options, data_dir=request.data_dir, carve_test=request.carve_test,
+               recipe=request.recipe, changed_options=prepared.changed_options, command=request.argv, data_dir=request.data_dir, carve_test=request.carve_test,
                unverified=request.unverified, quiet=request.quiet or distributed.rank() > 0, resume=resume,
                workers=request.workers, storage=request.storage, from_run=prepared.from_run,
                study=study_of(prepared.module, request, folder, resume), threads=threads,
@@ -377,11 +379,18 @@ def execute(module: ModuleType, run: Run, hint: str | None = None) -> Path:
     try:
         return finish(run, module.TITLE, work(module, run), module.REFERENCES)
     except KeyboardInterrupt:
-        if not resumable(run.dir):
+        if not has_work(run):
             discard(run)
             raise RunError("interrupted before the first checkpoint: nothing to resume yet") from None
         suspend(run, "interrupted")
-        raise RunError(f"interrupted; continue with: dlclassics run {run.experiment} --resume {run.dir}") from None
+        raise RunError(f"interrupted; continue with: {resume_command(run.command, run.experiment, run.dir)}") from None
+    except LostResource as exc:  # a process or the study's database went away: nothing the run did is lost
+        if not run.resume and not has_work(run):
+            discard(run)
+            raise
+        suspend(run, "failed")
+        raise LostResource(f"{exc}; the run folder is kept: continue with "
+                           f"{resume_command(run.command, run.experiment, run.dir)}") from None
     except BaseException as exc:
         if not run.resume:
             discard(run)
@@ -391,6 +400,33 @@ def execute(module: ModuleType, run: Run, hint: str | None = None) -> Path:
             raise type(exc)(f"{exc}; the interrupted run {run.dir} is kept: resume it again once that is fixed") \
                 from None
         raise
+
+
+def has_work(run: Run) -> bool:
+    """Whether a stopped run holds work worth resuming: a checkpoint or search journal in its folder, or
+    finished trials of its study in a shared database (`--storage`), which a folder alone does not show."""
+    if resumable(run.dir):
+        return True
+    return bool(run.storage and run.study and finished_trials(run.storage, run.study))
+
+
+def resume_command(command: Sequence[str], experiment: str, folder: Path) -> str:
+    """The command that continues the run in `folder`: the one that started it (`command`, its options
+    included, which a resume must repeat) with `--resume FOLDER` in place of any earlier --resume, quoted
+    for a shell."""
+    words, skip = [], False
+    for index, word in enumerate(command):
+        if skip:
+            skip = False
+            continue
+        if word == "--resume":
+            following = command[index + 1] if index + 1 < len(command) else ""
+            skip = bool(following) and not following.startswith("-") and Path(following).is_dir()
+            continue
+        if not word.startswith("--resume="):
+            words.append(word)
+    words = words or ["run", experiment]
+    return shlex.join(["dlclassics", *words, "--resume", str(folder)])
 
 
 # ---------------------------------------------------------------- config.json
@@ -409,7 +445,7 @@ def config_record(run: Run) -> dict[str, Any]:
     """config.json: the settings, the code and machine they ran on, and when (the first start is kept)."""
     return {"experiment": run.experiment, "run_id": run.run_id, **settings(run), "package_version": __version__,
             "git_commit": git_commit(), "machine": machine(), "device": str(run.device),
-            "device_requested": run.config.device, "threads": run.threads,
+            "device_requested": run.config.device, "command": run.command, "threads": run.threads,
             "world_size": run.world_size,  # how it ran, not what decides its numbers
             "started": run.parts[0]["started"], "parts": run.parts}
 
@@ -429,7 +465,7 @@ def start(run: Run) -> None:
     previous = check_resume(run) if run.resume else None
     run.lock = lock_run_dir(run.dir)
     try:
-        earlier = _closed_parts(run.dir, previous.get("parts", [{"started": previous["started"]}])) if previous else []
+        earlier = _closed_parts(run.dir, previous.get("parts", [{"started": previous.get("started")}])) if previous else []
         run.parts = [*earlier, {"started": _timestamp(run.started), "wall_time_s": None,
                                 "load_average_start": load_average(), "load_average_end": None}]
         atomic_write_json(run.dir / CONFIG, config_record(run))
@@ -509,7 +545,7 @@ def suspend(run: Run, ended: str) -> None:
     """A run stopped (`ended`: "interrupted" or "failed") that can be resumed: record this part's wall time,
     then let the folder go."""
     run.parts[-1].update(wall_time_s=round(time.perf_counter() - run.clock, 2), load_average_end=load_average(),
-                         ended=ended)
+                         ended=ended, timings=run.timings)
     atomic_write_json(run.dir / CONFIG, config_record(run))
     release(run)
 
@@ -536,7 +572,7 @@ def finish(run: Run, title: str, metrics: Mapping[str, Any], references: Iterabl
     check_finite(metrics)
     run.parts[-1].update(wall_time_s=this_part, load_average_end=load_average(), ended="finished")
     total = round(sum(part["wall_time_s"] for part in run.parts), 2)
-    metrics = {**metrics, **run.timings, "wall_time_s": total,
+    metrics = {**metrics, **timings_of_all_parts(run), "wall_time_s": total,
                **({"wall_time_this_part_s": this_part} if len(run.parts) > 1 else {})}
     atomic_write_json(run.dir / CONFIG, config_record(run))
     atomic_write_json(run.dir / METRICS, metrics)
@@ -549,6 +585,18 @@ def finish(run: Run, title: str, metrics: Mapping[str, Any], references: Iterabl
     (final / LOCK).unlink(missing_ok=True)
     release(run)
     return final / REPORT
+
+
+def timings_of_all_parts(run: Run) -> dict[str, float]:
+    """`run.timer`'s seconds summed over the run's parts: a resumed run's training time counts the training
+    done before each interruption too (a part killed with -9 recorded none and adds nothing)."""
+    totals = dict(run.timings)
+    for part in run.parts[:-1]:
+        earlier = part.get("timings")
+        for name, seconds in (earlier.items() if isinstance(earlier, dict) else ()):
+            if name in totals and isinstance(seconds, (int, float)) and math.isfinite(seconds):
+                totals[name] = round(totals[name] + seconds, 2)
+    return totals
 
 
 def check_finite(metrics: Mapping[str, Any]) -> None:
