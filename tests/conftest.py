@@ -152,12 +152,14 @@ def run_quick(experiment: str, data_dir: Path, out: Path, *extra: str) -> Path:
 def toy(monkeypatch: pytest.MonkeyPatch):
     """The test-only experiment `toy` (tests/run_toy.py) registered, with its hooks reset."""
     import run_toy
+
     from dlclassics import registry
 
     monkeypatch.setitem(registry.EXPERIMENTS, "toy", "run_toy")
     monkeypatch.setattr(run_toy, "INTERRUPT_AT", None)
     monkeypatch.setattr(run_toy, "FAIL", None)
     monkeypatch.setattr(run_toy, "EXTRA_METRICS", {})
+    monkeypatch.setattr(run_toy, "SECONDS_PER_EPOCH", 0.0)
     return run_toy
 
 

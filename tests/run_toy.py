@@ -8,6 +8,7 @@ hooks (set with monkeypatch), never through its config: a resumed run must see t
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -20,6 +21,7 @@ TITLE = "Toy experiment for the run life-cycle tests"
 INTERRUPT_AT: int | None = None  # raise KeyboardInterrupt at the start of this epoch (Ctrl-C)
 FAIL: Callable[[], None] | None = None  # called after the last epoch: raise what a test needs
 EXTRA_METRICS: dict[str, Any] = {}  # merged into the returned metrics
+SECONDS_PER_EPOCH = 0.0  # how long an epoch's training takes (time.sleep), for the timing tests
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,11 +41,13 @@ def run(cfg: Config, run: Run) -> dict[str, Any]:
     if run.resume and run.checkpoint_path.exists():
         state = load_tensor_file(run.checkpoint_path, "a toy checkpoint")
     first = state["epoch"] + 1
-    for epoch in range(first, cfg.epochs + 1):
-        if epoch == INTERRUPT_AT:
-            raise KeyboardInterrupt
-        state = {"epoch": epoch, "value": state["value"] + cfg.lr}
-        atomic_torch_save(run.checkpoint_path, state)
+    with run.timer("train_time_s"):
+        for epoch in range(first, cfg.epochs + 1):
+            if epoch == INTERRUPT_AT:
+                raise KeyboardInterrupt
+            time.sleep(SECONDS_PER_EPOCH)
+            state = {"epoch": epoch, "value": state["value"] + cfg.lr}
+            atomic_torch_save(run.checkpoint_path, state)
     if FAIL is not None:
         FAIL()
     run.save_history([{"epoch": e, "value": e * cfg.lr} for e in range(1, cfg.epochs + 1)])

@@ -231,6 +231,8 @@ def fit(model: nn.Module, data: Sequence[torch.Tensor], *, optimizer: torch.opti
     if resume and checkpoint is not None and checkpoint.exists():
         state = load_tensor_file(checkpoint, "a training checkpoint written by dlclassics")
         try:
+            if not isinstance(state, dict):
+                raise TypeError(f"it holds a {type(state).__name__}, not a dict")
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
             if scheduler is not None:

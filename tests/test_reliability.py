@@ -1,0 +1,171 @@
+"""Hostile or unlucky cases of the third reliability round: nothing a user made is deleted, one damaged
+run folder never breaks the others, a result never silently differs, and every failure is one line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import file_digests
+from test_site import fake_run
+
+from dlclassics import site
+from dlclassics.cli import main
+from dlclassics.files import atomic_torch_save
+from dlclassics.runs.folder import INCOMPLETE
+
+
+def _one_line(capsys) -> str:
+    captured = capsys.readouterr()
+    err = captured.err.strip().splitlines()
+    assert len(err) == 1 and "Traceback" not in captured.err, err
+    return err[0]
+
+
+def _toy(out: Path, *extra: str) -> int:
+    return main(["run", "toy", "--out", str(out), "--no-site", *extra])
+
+
+# ---------------------------------------------------------------- 1. the site never deletes what is not ours
+
+def test_report_out_refuses_a_folder_whose_manifest_is_not_ours(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    fake_run(runs, "20260101-000001-aaaaaa")
+    web_app = tmp_path / "web"
+    (web_app / "src").mkdir(parents=True)
+    (web_app / "manifest.json").write_text('{"name": "my app", "icons": []}')
+    (web_app / "notes.txt").write_text("precious")
+    before = file_digests(web_app)
+    assert main(["report", "--runs", str(runs), "--out", str(web_app)]) == 2
+    assert "is not a dlclassics site" in _one_line(capsys)
+    assert file_digests(web_app) == before and (web_app / "src").is_dir()
+    index = site.build(runs, tmp_path / "ours")  # a site we built is ours to rebuild
+    assert site.is_our_site(index.parent) and site.build(runs, index.parent) == index
+
+
+# ---------------------------------------------------------------- 5, 6. one damaged folder breaks nothing
+
+DAMAGED_REPORTS = [{"notes": 5, "sections": [], "figures": []}, {"notes": [], "sections": 5, "figures": []},
+                   {"notes": [], "sections": [], "figures": 5}]
+
+
+@pytest.mark.parametrize("report", DAMAGED_REPORTS, ids=["notes", "sections", "figures"])
+def test_a_damaged_report_json_is_shown_and_breaks_nothing(tmp_path, report):
+    runs = tmp_path / "runs"
+    fake_run(runs, "20260101-000001-aaaaaa", report=report)
+    fake_run(runs, "20260101-000002-bbbbbb", metrics={"test_accuracy": 10 ** 400, "wall_time_s": 10 ** 400})
+    good = fake_run(runs, "20260101-000003-cccccc")
+    index = site.build(runs)
+    assert good.name in index.read_text()
+
+
+def test_a_run_finishing_beside_a_damaged_folder_still_exits_0(toy, tmp_path, capsys):
+    runs = tmp_path / "runs"
+    fake_run(runs, "20260101-000001-aaaaaa", report={"notes": 5, "sections": 5, "figures": 5},
+             metrics={"test_accuracy": 10 ** 400, "wall_time_s": 3.0})
+    assert main(["run", "toy", "--out", str(runs)]) == 0
+    assert "site not refreshed" not in capsys.readouterr().out
+
+
+DAMAGED_METRICS = ["[1, 2]", "null", '"x"', b"\xff\xfe not utf-8", "{nan"]
+
+
+@pytest.mark.parametrize("metrics", DAMAGED_METRICS, ids=["list", "null", "string", "not-utf8", "not-json"])
+def test_runs_skips_a_damaged_folder_with_one_line_and_lists_the_others(tmp_path, capsys, metrics):
+    runs = tmp_path / "runs"
+    damaged = fake_run(runs, "20260101-000001-aaaaaa")
+    (damaged / "metrics.json").write_bytes(metrics if isinstance(metrics, bytes) else metrics.encode())
+    good = fake_run(runs, "20260101-000002-bbbbbb")
+    for extra in ([], ["--markdown"]):
+        assert main(["runs", "--out", str(runs), *extra]) == 0
+        captured = capsys.readouterr()
+        assert captured.err.count("skipped") == 1 and str(damaged) in captured.err
+        assert "Traceback" not in captured.err
+        assert (good.name in captured.out) if not extra else ("| mnist-mlp |" in captured.out)
+
+
+def test_results_table_tolerates_missing_keys(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    folder = fake_run(runs, "20260101-000001-aaaaaa", metrics={"test_accuracy": 0.9})  # no wall_time_s
+    (folder / "references.json").write_text(json.dumps([{"what": "x", "metric": "test_accuracy"}]))  # no source
+    assert main(["runs", "--out", str(runs), "--markdown"]) == 0  # config.json has no machine either
+    assert "| mnist-mlp | mnist | x | ? |" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("limit", ["-1", "0"])
+def test_runs_limit_must_be_positive(tmp_path, capsys, limit):
+    assert main(["runs", "--out", str(tmp_path), "--limit", limit]) == 2
+    assert "expects an integer from 1" in _one_line(capsys)
+
+
+# ---------------------------------------------------------------- 10. what a consumer reads is checked
+
+@pytest.mark.parametrize("value", ['"high"', "NaN", "true", "1e999"])
+def test_from_run_metrics_must_be_finite_numbers(toy, tmp_path, capsys, value):
+    assert _toy(tmp_path / "producer") == 0
+    (producer,) = (tmp_path / "producer" / "toy").iterdir()
+    metrics = producer / "metrics.json"
+    metrics.write_text(metrics.read_text().replace('"value": 1.5', f'"value": {value}'))
+    capsys.readouterr()
+    assert _toy(tmp_path / "consumer", "--from-run", str(producer)) == 2
+    assert "not a finite number" in _one_line(capsys)
+    assert not (tmp_path / "consumer").exists() or not any((tmp_path / "consumer").rglob("*.json"))
+
+
+# ---------------------------------------------------------------- 11, 12, 13. resuming
+
+def _interrupted(toy, out: Path, capsys, *extra: str) -> tuple[Path, str]:
+    toy.INTERRUPT_AT = 3
+    assert _toy(out, *extra) == 1
+    toy.INTERRUPT_AT = None
+    (folder,) = (out / "toy").iterdir()
+    return folder, _one_line(capsys)
+
+
+def test_a_resumed_runs_training_time_counts_every_part(toy, tmp_path, capsys):
+    toy.SECONDS_PER_EPOCH = 0.3
+    folder, _ = _interrupted(toy, tmp_path, capsys)  # two epochs trained: 0.6 s
+    assert _toy(tmp_path, "--resume", str(folder)) == 0  # one more: 0.3 s
+    (done,) = (tmp_path / "toy").iterdir()
+    metrics = json.loads((done / "metrics.json").read_text())
+    assert metrics["train_time_s"] >= 0.85 and metrics["train_time_s"] > metrics["wall_time_this_part_s"]
+
+
+def test_the_printed_resume_command_repeats_the_options_and_works(toy, tmp_path, capsys):
+    folder, line = _interrupted(toy, tmp_path, capsys, "--set", "lr=0.25", "--seed", "3")
+    command = line.split("continue with: ")[1]
+    assert command == f"dlclassics run toy --out {tmp_path} --no-site --set lr=0.25 --seed 3 --resume {folder}"
+    assert main(command.split()[1:]) == 0
+    (done,) = (tmp_path / "toy").iterdir()
+    assert json.loads((done / "metrics.json").read_text())["value"] == 0.75
+
+
+@pytest.mark.parametrize("checkpoint", [torch.zeros(3), {"model": {"w": torch.zeros(2)}}, {"epoch": "x"}],
+                         ids=["a-tensor", "a-wrong-state", "no-model"])
+def test_a_checkpoint_that_is_not_a_training_state_is_one_line(tmp_path, capsys, image_data_dir, checkpoint):
+    options = ["run", "mnist-mlp", "--quick", "--quiet", "--device", "cpu", "--data-dir", str(image_data_dir),
+               "--out", str(tmp_path / "runs")]
+    assert main(options) == 0
+    (finished,) = (tmp_path / "runs" / "mnist-mlp").iterdir()
+    interrupted = finished.with_name(finished.name + INCOMPLETE)
+    finished.rename(interrupted)
+    atomic_torch_save(interrupted / "checkpoint.pt", checkpoint)
+    capsys.readouterr()
+    assert main([*options, "--resume", str(interrupted)]) == 1
+    assert "is not a training checkpoint of this run" in _one_line(capsys)
+    assert interrupted.is_dir()  # kept: it is the user's interrupted run
+
+
+@pytest.mark.parametrize("record", ["[1, 2]", '{"experiment": "toy", "config": 5}',
+                                    '{"experiment": "toy", "config": {}, "parts": [{"started": "yesterday"}]}',
+                                    '{"experiment": "toy", "config": {}, "parts": 7}'],
+                         ids=["a-list", "config-5", "bad-start", "parts-7"])
+def test_resume_of_a_damaged_config_json_is_one_line(toy, tmp_path, capsys, record):
+    folder, _ = _interrupted(toy, tmp_path, capsys)
+    (folder / "config.json").write_text(record)
+    before = file_digests(folder)
+    assert _toy(tmp_path, "--resume", str(folder)) == 2
+    _one_line(capsys)
+    assert file_digests(folder) == before
