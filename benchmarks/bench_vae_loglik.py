@@ -24,9 +24,10 @@ from pathlib import Path
 import torch
 from torch.distributions import Bernoulli, Normal
 
-from dlclassics.experiments import vae
 from dlclassics.experiments.vae_loglik import Config, estimate, replicate_stderr
 from dlclassics.models.vae import VAE
+from dlclassics.runs.contract import read_finished_run
+from dlclassics.training.vae import VaeConfig, load_run
 
 
 @torch.no_grad()
@@ -76,10 +77,10 @@ def main() -> None:
     args = parser.parse_args()
     torch.manual_seed(0)
     if args.from_run:
-        cfg, models, _ = vae.load_run(args.from_run, torch.device("cpu"))
+        cfg, models = load_run(read_finished_run(args.from_run, "vae"), torch.device("cpu"))
         model = models[cfg.epochs]
     else:
-        cfg = vae.Config()
+        cfg = VaeConfig()
         model = VAE(cfg.latent, cfg.hidden).eval()
     x = torch.rand(args.images, 784)
     settings = Config(samples=(args.samples,))

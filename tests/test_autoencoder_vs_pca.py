@@ -6,8 +6,8 @@ import json
 import numpy as np
 import pytest
 import torch
-
 from conftest import run_quick
+
 from dlclassics.experiments.autoencoder_vs_pca import (
     MODELS,
     subspace_angles_deg,

@@ -3,9 +3,10 @@
 import json
 
 import torch
-
 from conftest import run_quick
-from dlclassics.models.autoencoder import DenseAutoencoder, reconstruction_error
+
+from dlclassics.models.autoencoder import DenseAutoencoder
+from dlclassics.training.autoencoder import reconstruction_error
 
 
 def test_source_architecture_has_218192_parameters_and_outputs_in_unit_range():

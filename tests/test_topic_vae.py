@@ -13,16 +13,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import run_quick
 from scipy import sparse
+from text_files import unchecked_news, write_text_data
 from torch.nn import functional as F
 
-from conftest import run_quick
 from dlclassics.cli import main
 from dlclassics.data import registry
 from dlclassics.experiments import topic_vae
 from dlclassics.methods import topics
 from dlclassics.runs import Run
-from text_files import unchecked_news, write_text_data
 
 VOCABULARY = {"a": 0, "b": 1, "c": 2, "d": 3}
 
@@ -222,14 +222,13 @@ def test_training_recovers_known_topics(tmp_path):
 
     cfg = topic_vae.Config(dataset="synthetic", synthetic_docs=1200, synthetic_vocabulary=100, synthetic_topics=5,
                            topics=5, epochs=10, kl_warmup=50, patience=10)
-    run = Run("topic-vae", tmp_path, cfg, torch.device("cpu"), quiet=True)
+    run = Run("topic-vae", tmp_path, cfg, torch.device("cpu"), quiet=True, generator=torch.Generator().manual_seed(0))
     data = topic_vae.synthetic_corpus(cfg, run)
     lda = LatentDirichletAllocation(5, learning_method="batch", max_iter=10, random_state=0).fit(data.train)
     assert topics.topic_recovery(lda.components_, data.true_topics).mean > 0.99
-    generator = torch.Generator().manual_seed(0)
     torch.manual_seed(0)
     untrained = topic_vae.TopicVAE(100, cfg.hidden, cfg.topics, cfg.activation, cfg.batch_norm, cfg.dropout)
-    model, _ = topic_vae.train(cfg, run, data, generator)
+    model, _ = topic_vae.train(cfg, run, data)
     before = topics.topic_recovery(untrained.topic_word(), data.true_topics).mean
     after = topics.topic_recovery(model.topic_word(), data.true_topics).mean
     assert before < 0.35 and after > 0.5

@@ -7,8 +7,8 @@ import math
 
 import pytest
 import torch
-
 from conftest import run_quick
+
 from dlclassics.models import vae as V
 
 

@@ -33,15 +33,16 @@ import torch
 from torch import nn
 
 from dlclassics import plots
-from dlclassics.config import BaseConfig, option
-from dlclassics.data.images import image_datasets, load_for_run
+from dlclassics.config import BaseConfig, dataset_option, limit_option, lr_option, option
+from dlclassics.data.images import image_datasets
 from dlclassics.data.splits import first_of_each_class
 from dlclassics.data.transforms import flat_float, subsample
-from dlclassics.engine import make_optimizer, seed_everything
+from dlclassics.engine import make_optimizer
 from dlclassics.errors import RunError, UsageError
 from dlclassics.methods.pca import PCA
-from dlclassics.models.autoencoder import DenseAutoencoder, reconstruction_error
+from dlclassics.models.autoencoder import DenseAutoencoder
 from dlclassics.runs import Reference, Run, markdown_table
+from dlclassics.training.autoencoder import reconstruction_error
 
 TITLE = "Linear and ReLU autoencoders beside PCA (S2, autoencoders a-d)"
 # The source's two models: hidden and output activations of DenseAutoencoder((d, h), ...).
@@ -50,13 +51,13 @@ MODELS = {"linear": ("identity", "identity"), "relu": ("relu", "relu")}
 
 @dataclasses.dataclass(frozen=True)
 class Config(BaseConfig):
-    dataset: str = option("mnist", "image dataset", choices=image_datasets)
+    dataset: str = dataset_option("mnist", image_datasets)
     hidden: tuple[int, ...] = option((32, 64, 128), "code widths h, comma separated", low=1)
-    lr: float = option(3e-3, "Adam learning rate (full batch)", low=0.0, low_open=True)
+    lr: float = lr_option(3e-3, "Adam learning rate (full batch)")
     iterations: int = option(3000, "full-batch Adam steps at most", low=1)
     target_gap: float = option(0.01, "stop once the training MSE is within this fraction of PCA's (0: run all "
                                      "iterations, as the source)", low=0.0)
-    limit: int = option(0, "use only the first N training images (0 = all)", low=0)
+    limit: int = limit_option()
 
 
 RECIPES: dict[str, dict[str, Any]] = {"seed": {"lr": 1e-3, "iterations": 500, "target_gap": 0.0}, "tuned": {}}
@@ -78,11 +79,9 @@ REFERENCES = [
 
 
 def run(cfg: Config, run: Run) -> dict[str, Any]:
-    seed_everything(cfg.seed)
-    data = load_for_run(run, cfg.dataset)
+    data = run.load_images(cfg.dataset)
     train_x, train_y = subsample(flat_float(data.train_x), data.train_y, cfg.limit)
-    test_x = flat_float(data.test_x).to(run.device)
-    train_x = train_x.to(run.device)
+    train_x, test_x = run.to_device(train_x, flat_float(data.test_x))
     if max(cfg.hidden) > min(train_x.shape):
         raise UsageError(f"code widths go up to min(images, pixels) = {min(train_x.shape)} here; got {max(cfg.hidden)}")
     shown = first_of_each_class(train_y, len(data.classes))  # the source's "one training image per digit"

@@ -14,38 +14,42 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import time
 from typing import Any
 
 import matplotlib.pyplot as plt
 import torch
 
 from dlclassics import plots
-from dlclassics.config import BaseConfig, option
-from dlclassics.data.images import image_datasets, load_for_run
+from dlclassics.config import (
+    BaseConfig,
+    batch_size_option,
+    dataset_option,
+    epochs_option,
+    limit_option,
+    lr_option,
+    option,
+)
+from dlclassics.data.images import image_datasets
 from dlclassics.data.transforms import flat_float, subsample
-from dlclassics.engine import fit, make_optimizer, seed_everything
+from dlclassics.engine import make_optimizer
 from dlclassics.errors import RunError
 from dlclassics.methods.pca import PCA
-from dlclassics.models.autoencoder import (
-    DenseAutoencoder,
-    reconstruction_error,
-    reconstruction_step,
-)
+from dlclassics.models.autoencoder import DenseAutoencoder
 from dlclassics.runs import Reference, Run
+from dlclassics.training.autoencoder import reconstruction_error, reconstruction_step
 
 TITLE = "Dense autoencoder 784-128-64 on Fashion-MNIST (S1 Problem 4)"
 
 
 @dataclasses.dataclass(frozen=True)
 class Config(BaseConfig):
-    dataset: str = option("fashion-mnist", "image dataset", choices=image_datasets)
+    dataset: str = dataset_option("fashion-mnist", image_datasets)
     sizes: tuple[int, ...] = option((784, 128, 64), "encoder widths, input first, code last (decoder mirrors)",
                                     low=1)
-    lr: float = option(1e-3, "Adam learning rate", low=0.0, low_open=True)
-    batch_size: int = option(128, "minibatch size", low=1)
-    epochs: int = option(20, "training epochs", low=1)
-    limit: int = option(0, "use only the first N training images (0 = all)", low=0)
+    lr: float = lr_option(1e-3)
+    batch_size: int = batch_size_option(128)
+    epochs: int = epochs_option(20)
+    limit: int = limit_option()
     code_points: int = option(5000, "test images shown in the 2D view of the codes", low=10)
 
 
@@ -64,12 +68,10 @@ REFERENCES = [
 
 
 def run(cfg: Config, run: Run) -> dict[str, Any]:
-    generator = seed_everything(cfg.seed)
-    data = load_for_run(run, cfg.dataset)
+    data = run.load_images(cfg.dataset)
     # ToTensor in the source: pixels / 255 in [0, 1], the range of the sigmoid output.
     train_x, _ = subsample(flat_float(data.train_x), data.train_y, cfg.limit)
-    test_x = flat_float(data.test_x)
-    train_x, test_x = train_x.to(run.device), test_x.to(run.device)
+    train_x, test_x = run.to_device(train_x, flat_float(data.test_x))
     if cfg.sizes[0] != train_x.shape[1]:
         raise RunError(f"sizes must start with the image size {train_x.shape[1]}; got {cfg.sizes}")
 
@@ -80,11 +82,9 @@ def run(cfg: Config, run: Run) -> dict[str, Any]:
     def evaluate(model: torch.nn.Module, epoch: int) -> dict[str, float]:
         return {"test_mse": reconstruction_error(model, test_x)}
 
-    started = time.perf_counter()
-    result = fit(model, (train_x,), optimizer=optimizer, epochs=cfg.epochs, batch_size=cfg.batch_size,
-                 generator=generator, step=reconstruction_step, evaluate=evaluate, checkpoint=run.checkpoint_path,
-                 resume=run.resume, quiet=run.quiet, desc=run.experiment)
-    train_time = time.perf_counter() - started
+    with run.timer("train_time_s"):
+        result = run.fit(model, (train_x,), optimizer=optimizer, epochs=cfg.epochs, batch_size=cfg.batch_size,
+                         step=reconstruction_step, evaluate=evaluate)
     run.save_history(result.history)
     run.save_model(model)
     run.note("final_train_loss is the mean of the per-batch MSE over the last epoch, weighted by batch size "
@@ -102,7 +102,7 @@ def run(cfg: Config, run: Run) -> dict[str, Any]:
     explained = save_code_view(run, data.classes, codes, data.test_y[:len(codes)])
     return {"parameters": parameters, "batches_per_epoch": math.ceil(len(train_x) / cfg.batch_size),
             "final_train_loss": result.history[-1]["train_loss"], "test_mse": result.history[-1]["test_mse"],
-            "code_pca_explained": explained, "train_time_s": round(train_time, 2)}
+            "code_pca_explained": explained}
 
 
 def save_reconstruction_figures(run: Run, classes: tuple[str, ...], originals: torch.Tensor,

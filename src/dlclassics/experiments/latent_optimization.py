@@ -28,12 +28,22 @@ from torch import nn
 from dlclassics import plots
 from dlclassics.config import option
 from dlclassics.data.splits import first_of_each_class
-from dlclassics.engine import fit, seed_everything
 from dlclassics.errors import UsageError
-from dlclassics.experiments import vae
-from dlclassics.files import atomic_torch_save
-from dlclassics.models.vae import decoder, elbo, kl_to_standard_normal
+from dlclassics.models.vae import VAE, decoder, elbo, kl_to_standard_normal
 from dlclassics.runs import Reference, Run, Upstream, markdown_table
+from dlclassics.training.vae import (
+    VAE_QUICK,
+    VaeConfig,
+    decode_mean,
+    load_run,
+    load_snapshots,
+    prior_draws,
+    reconstruction_rows,
+    snapshot_epochs,
+    snapshot_saver,
+    train_vae,
+    vae_data,
+)
 
 TITLE = "Latent optimisation (per-example q, no encoder) beside the amortised VAE (S4 Q3)"
 MUST_MATCH = ("dataset", "latent", "hidden", "likelihood", "epochs", "val_fraction", "limit", "seed")
@@ -41,14 +51,14 @@ FROM_RUN = Upstream(("vae",))  # the amortised VAE to compare with; its snapshot
 
 
 @dataclasses.dataclass(frozen=True)
-class Config(vae.Config):
+class Config(VaeConfig):
     table_lr: float = option(1e-2, "Adam learning rate of the per-example table (mu_i, log sigma_i)", low=0.0,
                              low_open=True)
     init_std: float = option(1.0, "standard deviation of the initial mu_i (log sigma_i start at 0)", low=0.0)
 
 
 RECIPES = {"seed": {"table_lr": 1e-3}, "tuned": {}}
-QUICK = vae.QUICK
+QUICK = VAE_QUICK
 
 REFERENCES = [
     Reference("lo_between_within_ratio", "collapse: no class information in mu_i",
@@ -82,43 +92,47 @@ def diversity(images: torch.Tensor) -> float:
     return torch.pdist(images.reshape(len(images), -1).float()).mean().item()
 
 
+def lo_snapshot_file(epoch: int) -> str:
+    """The latent-optimisation model's weights saved at `epoch` (the VAE's are `snapshot_file`'s)."""
+    return f"lo_epoch_{epoch}.pt"
+
+
+def amortised_vae(cfg: Config, run: Run, data: dict[str, Any]) -> tuple[dict[int, VAE], list[dict[str, float]]]:
+    """The amortised VAE's snapshot models and history: from the `--from-run` VAE (which must have seen the
+    same data with the same architecture and training), or trained here as a `vae` run would be."""
+    if run.from_run is None:  # the same data, architecture and training as a `vae` run, in this run's folder
+        history = train_vae(cfg, run, data, prefix="vae_")
+        return load_snapshots(cfg, run.dir, run.device, prefix="vae_"), history
+    loaded_cfg, models = load_run(run.from_run, run.device)
+    differ = [name for name in MUST_MATCH if getattr(loaded_cfg, name) != getattr(cfg, name)]
+    if differ:
+        raise UsageError(f"--from-run {run.from_run.folder} differs in {', '.join(differ)}; pass the same values "
+                         f"(e.g. --set {differ[0]}={getattr(loaded_cfg, differ[0])})")
+    run.note(f"amortised VAE loaded from {run.from_run.folder}")
+    return models, run.from_run.history()
+
+
 def run(cfg: Config, run: Run) -> dict[str, Any]:
-    generator = seed_everything(cfg.seed)
-    data = vae.prepared_data(cfg, run)
-    if run.from_run is not None:
-        loaded_cfg, amortised = vae.load_run(run.from_run, run.device)
-        vae_history = run.from_run.history()
-        differ = [name for name in MUST_MATCH if getattr(loaded_cfg, name) != getattr(cfg, name)]
-        if differ:
-            raise UsageError(f"--from-run {run.from_run.folder} differs in {', '.join(differ)}; pass the same values "
-                             f"(e.g. --set {differ[0]}={getattr(loaded_cfg, differ[0])})")
-        run.note(f"amortised VAE loaded from {run.from_run.folder}")
-    else:  # the same data, architecture and training as a `vae` run, in this run's folder
-        vae_cfg = vae.Config(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(vae.Config)})
-        vae_history = vae.train(vae_cfg, run, data, generator, prefix="vae_")
-        amortised = vae.load_snapshots(vae_cfg, run.dir, run.device, prefix="vae_")
+    data = vae_data(cfg, run)
+    amortised, vae_history = amortised_vae(cfg, run, data)
 
     # ---- latent optimisation: the table and the decoder, one Adam with two learning rates
-    model = LatentTable(len(data["train_x"]), cfg.latent, cfg.hidden, cfg.init_std, generator).to(run.device)
+    model = LatentTable(len(data["train_x"]), cfg.latent, cfg.hidden, cfg.init_std, run.generator).to(run.device)
     initial_mu = model.mu.detach().clone()  # to measure how far the mu_i travel from their random start
     optimizer = torch.optim.Adam([{"params": model.decoder.parameters(), "lr": cfg.lr},
                                   {"params": [model.mu, model.log_sigma], "lr": cfg.table_lr}])
     continuous = cfg.likelihood == "continuous-bernoulli"
-    keep = vae.snapshot_epochs(cfg.epochs)
+    keep = snapshot_epochs(cfg.epochs)
 
     def step(model: LatentTable, batch: list[torch.Tensor]) -> dict[str, torch.Tensor]:
         x, index = batch
         terms = elbo(model.decoder, x, model.mu[index], model.log_sigma[index], continuous)
         return {"loss": -terms["elbo"].mean(), "kl": terms["kl"].mean()}
 
-    def save_snapshot(model: LatentTable, epoch: int, row: dict[str, float]) -> None:
-        if epoch in keep:
-            atomic_torch_save(run.dir / f"lo_epoch_{epoch}.pt", model.state_dict())
-
     index = torch.arange(len(data["train_x"]), device=run.device)
-    result = fit(model, (data["train_x"], index), optimizer=optimizer, epochs=cfg.epochs, batch_size=cfg.batch_size,
-                 generator=generator, step=step, on_epoch_end=save_snapshot, checkpoint=run.checkpoint_path,
-                 resume=run.resume, quiet=run.quiet, desc=run.experiment)
+    result = run.fit(model, (data["train_x"], index), optimizer=optimizer, epochs=cfg.epochs,
+                     batch_size=cfg.batch_size, step=step,
+                     on_epoch_end=snapshot_saver(run.dir, cfg.epochs, lo_snapshot_file))
     history = [{**row, **{f"vae_{k}": v for k, v in vae_row.items() if k != "epoch"}}
                for row, vae_row in zip(result.history, vae_history)]
     run.save_history(history)
@@ -126,20 +140,20 @@ def run(cfg: Config, run: Run) -> dict[str, Any]:
     # ---- figures beside the amortised model's
     fixed = first_of_each_class(data["train_y"])
     x = data["train_x"][fixed]
-    z = vae.prior_draws(cfg, cfg.samples).to(run.device)
+    z = prior_draws(cfg, cfg.samples).to(run.device)
     recons, samples = {}, {"VAE": {}, "LO": {}}
     for epoch in keep:
-        model.load_state_dict(torch.load(run.dir / f"lo_epoch_{epoch}.pt", map_location=run.device,
+        model.load_state_dict(torch.load(run.dir / lo_snapshot_file(epoch), map_location=run.device,
                                          weights_only=True))
-        recons[f"VAE epoch {epoch}"] = vae.decode_mean(amortised[epoch].decoder, amortised[epoch].encoder(x)[0])
-        recons[f"LO epoch {epoch}"] = vae.decode_mean(model.decoder, model.mu[fixed])
-        samples["VAE"][f"epoch {epoch}"] = vae.decode_mean(amortised[epoch].decoder, z)
-        samples["LO"][f"epoch {epoch}"] = vae.decode_mean(model.decoder, z)
+        recons[f"VAE epoch {epoch}"] = decode_mean(amortised[epoch].decoder, amortised[epoch].encoder(x)[0])
+        recons[f"LO epoch {epoch}"] = decode_mean(model.decoder, model.mu[fixed])
+        samples["VAE"][f"epoch {epoch}"] = decode_mean(amortised[epoch].decoder, z)
+        samples["LO"][f"epoch {epoch}"] = decode_mean(model.decoder, z)
     run.save_figure(plots.curves(history, "epoch", {"vae_train_loss": "VAE train loss", "vae_val_loss": "VAE val loss",
                                                     "train_loss": "LO train loss"},
                                  "Negative ELBO per epoch (nats per image)", "-ELBO"), "loss",
                     "Training loss of latent optimisation beside the amortised VAE's", rows=history)
-    images, labels = vae.reconstruction_rows(x, recons)
+    images, labels = reconstruction_rows(x, recons)
     run.save_figure(plots.image_grid(images, "Training reconstructions: amortised VAE vs latent optimisation",
                                      row_labels=labels), "recon_train",
                     "One training image per class: VAE (posterior mean) and LO (mu_i) reconstructions by epoch",

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import time
 from typing import Any
 
 import numpy as np
@@ -36,7 +35,15 @@ from torch import nn
 from torch.nn import functional as F
 
 from dlclassics import plots
-from dlclassics.config import BaseConfig, option
+from dlclassics.config import (
+    BaseConfig,
+    batch_size_option,
+    dataset_option,
+    epochs_option,
+    limit_option,
+    lr_option,
+    option,
+)
 from dlclassics.data.text import (
     NEWS_PARTS,
     Corpus,
@@ -45,7 +52,7 @@ from dlclassics.data.text import (
     token_ids,
     vectorize,
 )
-from dlclassics.engine import fit, make_optimizer, seed_everything
+from dlclassics.engine import make_optimizer
 from dlclassics.errors import RunError
 from dlclassics.methods import topics
 from dlclassics.methods.pca import PCA
@@ -61,8 +68,8 @@ def corpora() -> tuple[str, ...]:
 
 @dataclasses.dataclass(frozen=True)
 class Config(BaseConfig):
-    dataset: str = option("manpages-dev", "corpus: a registered text corpus, 'folder' (the text files in "
-                          "--data-dir) or 'synthetic' (drawn from LDA with known topics)", choices=corpora)
+    dataset: str = dataset_option("manpages-dev", corpora, "corpus: a registered text corpus, 'folder' (the text "
+                                  "files in --data-dir) or 'synthetic' (drawn from LDA with known topics)")
     topics: int = option(20, "number of topics T", low=2)
     hidden: int = option(100, "units of each of the encoder's two hidden layers", low=1)
     activation: str = option("softplus", "the encoder's nonlinearity", choices=("relu", "softplus"))
@@ -71,11 +78,11 @@ class Config(BaseConfig):
     prior: str = option("dirichlet", "prior on z: Laplace approximation of Dirichlet(alpha) (ProdLDA) or "
                         "N(0, I) (the source)", choices=("dirichlet", "normal"))
     alpha: float = option(1.0, "Dirichlet concentration of each topic (prior dirichlet)", low=0.0, low_open=True)
-    lr: float = option(2e-3, "Adam learning rate", low=0.0, low_open=True)
+    lr: float = lr_option(2e-3)
     beta1: float = option(0.9, "Adam's first-moment decay (AVITM's ProdLDA: 0.99)", low=0.0, high=0.999)
-    batch_size: int = option(64, "minibatch size", low=1)
+    batch_size: int = batch_size_option(64)
     kl_warmup: int = option(1000, "steps over which the KL weight rises linearly from 0 to 1 (0: always 1)", low=0)
-    epochs: int = option(200, "at most this many epochs", low=1)
+    epochs: int = epochs_option(200, "at most this many epochs")
     patience: int = option(10, "stop once the training documents' NPMI has not improved for this many epochs",
                            low=1)
     min_df: int = option(5, "keep words found in at least this many training documents", low=1)
@@ -85,7 +92,7 @@ class Config(BaseConfig):
     held_out: float = option(0.2, "fraction of documents held out as the reference corpus, for corpora "
                              "without a published test split", low=0.0, high=0.9, low_open=True)
     strip_news: bool = option(True, "remove headers, signature footers and quoted replies of newsgroup posts")
-    limit: int = option(0, "use only the first N training documents (0 = all)", low=0)
+    limit: int = limit_option("training documents")
     lda_iterations: int = option(50, "passes of scikit-learn's batch variational LDA", low=1)
     synthetic_docs: int = option(6000, "synthetic corpus: documents (a sixth are held out)", low=10)
     synthetic_vocabulary: int = option(1000, "synthetic corpus: words", low=10)
@@ -299,10 +306,11 @@ def held_out_elbo(model: TopicVAE, counts: sparse.csr_matrix, variance: float, s
 
 # ---------------------------------------------------------------- training with early stopping on NPMI
 
-def train(cfg: Config, run: Run, data: Prepared, generator: torch.Generator) -> tuple[TopicVAE, list[dict]]:
-    """Epochs of `engine.fit` until the NPMI of the topics on the training documents has not improved for
+def train(cfg: Config, run: Run, data: Prepared) -> tuple[TopicVAE, list[dict]]:
+    """Epochs of `run.fit` until the NPMI of the topics on the training documents has not improved for
     `patience` epochs after the KL warm-up; the weights of the best epoch are kept. The held-out documents
-    decide nothing: their NPMI and loss are only recorded."""
+    decide nothing: their NPMI and loss are only recorded. Each epoch is one call of `fit` (the stopping
+    rule is decided between them), so there is no checkpoint to resume from."""
     model = TopicVAE(len(data.vocabulary), cfg.hidden, cfg.topics, cfg.activation, cfg.batch_norm,
                      cfg.dropout).to(run.device)
     optimizer = make_optimizer("adam", model, cfg.lr)
@@ -315,8 +323,8 @@ def train(cfg: Config, run: Run, data: Prepared, generator: torch.Generator) -> 
     history: list[dict[str, float]] = []
     best, best_state, since_best = -np.inf, copy.deepcopy(model.state_dict()), 0
     for epoch in range(1, cfg.epochs + 1):
-        result = fit(model, (rows,), optimizer=optimizer, epochs=1, batch_size=cfg.batch_size, generator=generator,
-                     step=step, quiet=run.quiet, desc=f"{run.experiment} epoch {epoch}")
+        result = run.fit(model, (rows,), optimizer=optimizer, epochs=1, batch_size=cfg.batch_size, step=step,
+                         checkpoint=None, desc=f"{run.experiment} epoch {epoch}")
         top = topics.top_words(model.topic_word())
         npmi_train = float(topics.document_npmi(top, train_presence).mean())
         history.append({**result.history[0], "epoch": epoch, "npmi_train": npmi_train,
@@ -373,23 +381,20 @@ def topic_table(top: np.ndarray, npmi: np.ndarray, vocabulary: tuple[str, ...]) 
 
 
 def run(cfg: Config, run: Run) -> dict[str, Any]:
-    generator = seed_everything(cfg.seed)
     data = prepared_corpus(cfg, run)
     run.note("source bugs fixed: z = mu + sigma * eps (the source's torch.normal(mu, sigma) passes no gradient "
              "to mu and sigma) and log_softmax (the source's x * log(softmax) turns NaN on underflow)")
 
-    started = time.perf_counter()
-    model, history = train(cfg, run, data, generator)
-    train_time = time.perf_counter() - started
+    with run.timer("train_time_s"):
+        model, history = train(cfg, run, data)
     run.save_history(history)
     run.save_model(model)
     words = data.test.sum()
     vae = measure(model.topic_word(), data,
                   float(np.exp(held_out_elbo(model, data.test, prior_variance(cfg), cfg.seed, run.device) / words)))
 
-    started = time.perf_counter()
-    lda = fit_lda(cfg, data)
-    lda_time = time.perf_counter() - started
+    with run.timer("lda_time_s"):
+        lda = fit_lda(cfg, data)
     baseline = measure(lda.components_ / lda.components_.sum(axis=1, keepdims=True), data,
                        float(lda.perplexity(data.test)))
 
@@ -405,7 +410,6 @@ def run(cfg: Config, run: Run) -> dict[str, Any]:
                "topic_diversity": vae["topic_diversity"], "lda_topic_diversity": baseline["topic_diversity"],
                "perplexity": vae["perplexity"], "lda_perplexity": baseline["perplexity"],
                "epochs_trained": len(history), "best_epoch": int(np.argmax([h["npmi_train"] for h in history])) + 1,
-               "train_time_s": round(train_time, 2), "lda_time_s": round(lda_time, 2),
                "documents": data.train.shape[0], "held_out_documents": data.test.shape[0],
                "vocabulary": len(data.vocabulary)}
     return {k: v for k, v in metrics.items() if v is not None}

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -27,11 +26,9 @@ import torch
 from torch.nn import functional as F
 
 from dlclassics import plots
-from dlclassics.config import BaseConfig, option
+from dlclassics.config import BaseConfig, dataset_option, epochs_option, option
 from dlclassics.data.images import image_datasets
-from dlclassics.engine import seed_everything
 from dlclassics.errors import UsageError
-from dlclassics.experiments import vae
 from dlclassics.models.vae import (
     VAE,
     bits_per_dim,
@@ -42,6 +39,7 @@ from dlclassics.models.vae import (
     standard_normal_log_density,
 )
 from dlclassics.runs import Reference, Run, Upstream, markdown_table
+from dlclassics.training.vae import VAE_QUICK, VaeConfig, load_run, load_snapshots, train_vae, vae_data
 
 TITLE = "log p(x) under a VAE by importance sampling (S4 Q4)"
 
@@ -50,7 +48,7 @@ FROM_RUN = Upstream(("vae",))  # its snapshots are checked when loaded (which on
 
 @dataclasses.dataclass(frozen=True)
 class Config(BaseConfig):
-    dataset: str = option("mnist", "image dataset (must be the --from-run VAE's)", choices=image_datasets)
+    dataset: str = dataset_option("mnist", image_datasets, "image dataset (must be the --from-run VAE's)")
     samples: tuple[int, ...] = option((1, 10, 100, 1000), "importance samples K, comma separated (K = 1: the ELBO)",
                                       low=1)
     images: int = option(10000, "images per split (train: a fixed random subset; 0 = all)", low=0)
@@ -63,7 +61,7 @@ class Config(BaseConfig):
     # ~1.8x faster than 25,000-row calls on this CPU
     batch_images: int = option(100, "images per batch", low=1)
     chunk: int = option(20, "samples per decoder call (batch_images * chunk rows of 784 logits)", low=1)
-    epochs: int = option(30, "epochs of the VAE trained here when no --from-run is given", low=1)
+    epochs: int = epochs_option(30, "epochs of the VAE trained here when no --from-run is given")
 
 
 RECIPES = {"seed": {}, "tuned": {}}  # an estimator, not a training recipe: both are the defaults
@@ -178,16 +176,16 @@ def _measured(value: float) -> float | None:
     return None if math.isnan(value) else value
 
 
-def load_model(cfg: Config, run: Run, generator: torch.Generator) -> tuple[vae.Config, VAE, dict[str, Any]]:
-    """The last snapshot of the --from-run VAE (after checking it saw the same data), or a new one,
-    with the VAE's data splits (so "train" means the images it was trained on)."""
+def load_model(cfg: Config, run: Run) -> tuple[VaeConfig, VAE, dict[str, Any]]:
+    """The last snapshot of the --from-run VAE (after checking it saw the same data), or a new one trained
+    here with the VAE's defaults, with the VAE's data splits (so "train" means the images it was trained on)."""
     if run.from_run is None:
-        vae_cfg = vae.Config(**{**(vae.QUICK if cfg.quick else {}), "dataset": cfg.dataset,
-                                "epochs": cfg.epochs, "seed": cfg.seed, "device": cfg.device})
-        data = vae.prepared_data(vae_cfg, run)
-        vae.train(vae_cfg, run, data, generator)
-        return vae_cfg, vae.load_snapshots(vae_cfg, run.dir, run.device)[vae_cfg.epochs], data
-    vae_cfg, models = vae.load_run(run.from_run, run.device)
+        vae_cfg = VaeConfig(**{**(VAE_QUICK if cfg.quick else {}), "dataset": cfg.dataset,
+                               "epochs": cfg.epochs, "seed": cfg.seed, "device": cfg.device})
+        data = vae_data(vae_cfg, run)
+        train_vae(vae_cfg, run, data)
+        return vae_cfg, load_snapshots(vae_cfg, run.dir, run.device)[vae_cfg.epochs], data
+    vae_cfg, models = load_run(run.from_run, run.device)
     carve = run.from_run.record.get("carve_test", 0.0)
     if vae_cfg.dataset != cfg.dataset or carve != run.carve_test:
         raise UsageError(f"--from-run {run.from_run.folder} was trained on {vae_cfg.dataset} with --carve-test "
@@ -195,12 +193,11 @@ def load_model(cfg: Config, run: Run, generator: torch.Generator) -> tuple[vae.C
                          "splits")
     run.note(f"VAE loaded from {run.from_run.folder} (epoch {vae_cfg.epochs}, latent {vae_cfg.latent}, "
              f"hidden {vae_cfg.hidden}, {vae_cfg.likelihood} likelihood)")
-    return vae_cfg, models[vae_cfg.epochs], vae.prepared_data(vae_cfg, run)
+    return vae_cfg, models[vae_cfg.epochs], vae_data(vae_cfg, run)
 
 
 def run(cfg: Config, run: Run) -> dict[str, Any]:
-    generator = seed_everything(cfg.seed)
-    vae_cfg, model, data = load_model(cfg, run, generator)
+    vae_cfg, model, data = load_model(cfg, run)
     continuous = vae_cfg.likelihood == "continuous-bernoulli"
     if not continuous:
         run.note("Bernoulli likelihood on grey-level pixels (the source's): a log-probability for binary images; "
@@ -213,24 +210,23 @@ def run(cfg: Config, run: Run) -> dict[str, Any]:
     # ---- the main estimates: every K from one draw of max(K) samples per image; their Monte Carlo errors
     # from replicates drawn with a second generator, so the estimates are those of the seed alone
     replicates = torch.Generator().manual_seed(cfg.seed + 1)
-    results, errors, rows, timings = {}, {}, [], {}
+    results, errors, rows = {}, {}, []
     for split, (x, _) in splits.items():
-        started = time.perf_counter()
-        results[split] = estimate(model, x, cfg.samples, cfg, continuous, generator)
-        timings[split] = time.perf_counter() - started
+        with run.timer(f"{split}_estimate_time_s"):
+            results[split] = estimate(model, x, cfg.samples, cfg, continuous, run.generator)
         errors[split] = replicate_stderr(model, x, cfg.samples, cfg, continuous, results[split], replicates)
         rows += [summary(split, k, results[split][k], errors[split][k]) for k in cfg.samples]
     run.add_section("Estimates", markdown_table(rows) + f"\n\nK = {max(cfg.samples)} on {len(splits['test'][0]):,} "
-                    f"test images took {timings['test']:.1f} s. MC s.e.: the Monte Carlo error of the mean (what "
-                    f"another seed changes), from {cfg.replicates} independent estimates of {cfg.error_images} random "
-                    "images per split; s.e. over images: the error as an estimate of the mean over all images of "
-                    "the distribution (it includes the Monte Carlo error); ESS: (sum w)^2 / sum w^2 of an image's "
-                    "K weights, out of K.")
+                    f"test images took {run.timings['test_estimate_time_s']:.1f} s. MC s.e.: the Monte Carlo error "
+                    f"of the mean (what another seed changes), from {cfg.replicates} independent estimates of "
+                    f"{cfg.error_images} random images per split; s.e. over images: the error as an estimate of the "
+                    "mean over all images of the distribution (it includes the Monte Carlo error); ESS: "
+                    "(sum w)^2 / sum w^2 of an image's K weights, out of K.")
 
     # ---- convergence with K up to the IWAE paper's 5000, on a test subset
     counts = tuple(sorted({k for k in (1, 10, 100, 1000, cfg.iwae_samples) if k <= cfg.iwae_samples}))
     subset_x = splits["test"][0][: cfg.iwae_images]
-    subset = estimate(model, subset_x, counts, cfg, continuous, generator)
+    subset = estimate(model, subset_x, counts, cfg, continuous, run.generator)
     subset_errors = replicate_stderr(model, subset_x, counts, cfg, continuous, subset, replicates)
     convergence = [summary("test subset", k, subset[k], subset_errors[k]) for k in counts]
     figure = plots.curves(convergence, "K", {"mean log p (nats)": "test subset"},
@@ -281,5 +277,4 @@ def run(cfg: Config, run: Run) -> dict[str, Any]:
             "test_elbo": results["test"][1].log_p.mean().item() if 1 in cfg.samples else None,
             "test_bits_per_dim": bits_per_dim(means["test"], 784), "most_likely_class": best,
             "class_1_test_logp": _measured(per_class[1]["test mean log p"]), "test_images": len(splits["test"][0]),
-            "k_max": k, "test_estimate_time_s": round(timings["test"], 2),
-            "iwae_k_logp": convergence[-1]["mean log p (nats)"]}
+            "k_max": k, "iwae_k_logp": convergence[-1]["mean log p (nats)"]}

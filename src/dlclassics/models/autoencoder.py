@@ -5,8 +5,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from dlclassics.engine import batched_outputs
-
 ACTIVATIONS = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh, "identity": nn.Identity}
 
 
@@ -41,13 +39,3 @@ class DenseAutoencoder(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.decoder(self.encoder(x))
 
-
-def reconstruction_step(model: nn.Module, batch: list[torch.Tensor]) -> dict[str, torch.Tensor]:
-    """`engine.fit` step: mean squared error between the input and its reconstruction."""
-    (inputs,) = batch[:1]
-    return {"loss": nn.functional.mse_loss(model(inputs), inputs)}
-
-
-def reconstruction_error(model: nn.Module, inputs: torch.Tensor, batch_size: int = 4096) -> float:
-    """Mean squared error per pixel over `inputs` [N, D], in eval mode, batched."""
-    return nn.functional.mse_loss(batched_outputs(model, inputs, batch_size), inputs).item()
