@@ -25,16 +25,17 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from dlclassics.config import resolve
+from dlclassics.data.transforms import images_4d
 from dlclassics.errors import RunError
-from dlclassics.experiments import fgsm, mnist_classifier
-from dlclassics.models.classifier_runs import (
+from dlclassics.experiments import fgsm
+from dlclassics.runs.contract import read_finished_run
+from dlclassics.training.classifiers import (
     PRODUCERS,
     ImageShape,
+    SmallCnn,
     load_classifier,
     rebuild,
 )
-from dlclassics.runs.contract import read_finished_run
 
 SHAPE = ImageShape(1, 28, 10)
 
@@ -59,8 +60,7 @@ def source_fgsm(net: nn.Module, loader: DataLoader, epsilon: float) -> int:
 def victim(from_run: Path | None) -> tuple[nn.Module, str]:
     if from_run is None:
         torch.manual_seed(0)
-        cfg = resolve(mnist_classifier.Config, {})
-        return rebuild("mnist-classifier", cfg, {}, SHAPE).eval(), "mnist-classifier's CNN, random weights"
+        return rebuild("mnist-classifier", SmallCnn(), {}, SHAPE).eval(), "mnist-classifier's CNN, random weights"
     finished = read_finished_run(from_run, tuple(PRODUCERS), ("model.pt",))
     return load_classifier(finished, SHAPE), f"{finished.experiment} run {from_run.name}"
 
@@ -70,7 +70,7 @@ def test_images() -> tuple[torch.Tensor, torch.Tensor, str]:
         from dlclassics.data.images import load_images
 
         data = load_images("fashion-mnist")
-        return mnist_classifier.images_4d(data.test_x, 1, 28), data.test_y, "Fashion-MNIST test split"
+        return images_4d(data.test_x, 1, 28), data.test_y, "Fashion-MNIST test split"
     except RunError:
         generator = torch.Generator().manual_seed(0)
         return torch.rand(10_000, 1, 28, 28, generator=generator), torch.randint(0, 10, (10_000,)), "random images"

@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import file_digests, run_quick
+
 from dlclassics.cli import main
 from dlclassics.config import resolve
-from dlclassics.experiments import cifar_transfer, mnist_classifier
+from dlclassics.experiments import cifar_transfer
 from dlclassics.models import alexnet
-from dlclassics.models.classifier_runs import ImageShape, rebuild
+from dlclassics.training.classifiers import ImageShape, SmallCnn, rebuild
 
 # torchvision.models.alexnet().state_dict(): names and shapes (torchvision is not a dependency of ours)
 TORCHVISION_ALEXNET = {
@@ -104,7 +104,7 @@ def _fresh_head(backbone, target):
 def _small_problem():
     torch.manual_seed(1)
     shape = ImageShape(1, 28, 10)
-    cfg = resolve(mnist_classifier.Config, {"channels": (4, 8), "hidden": 16})
+    cfg = SmallCnn(channels=(4, 8), hidden=16)
     classifier = rebuild("mnist-classifier", cfg, {}, shape)
     backbone = cifar_transfer.Backbone("test CNN", "noise", classifier.backbone(), classifier.feature_size,
                                        lambda: rebuild("mnist-classifier", cfg, {}, shape).backbone(), 28)

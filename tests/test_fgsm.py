@@ -1,26 +1,30 @@
 """fgsm: the attacks are the textbook ones, batched; eps 0 is the clean accuracy; PGD beats FGSM; the
 victim is any classifier run, rebuilt in pixel space with its own input scaling; bad inputs are one line."""
 
+import dataclasses
 import json
 import pickle
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import file_digests, make_class_images, run_quick
 from torch import nn
 
-from conftest import file_digests, make_class_images, run_quick
+from dlclassics import registry
 from dlclassics.cli import main
 from dlclassics.data.transforms import flat_float, images_4d
 from dlclassics.engine import fit, make_optimizer
+from dlclassics.errors import UsageError
 from dlclassics.experiments import fgsm
-from dlclassics.models.classifier_runs import (
+from dlclassics.runs.contract import read_finished_run
+from dlclassics.training.classifiers import (
     PRODUCERS,
     ImageShape,
+    SmallCnn,
     load_classifier,
     rebuild,
 )
-from dlclassics.runs.contract import read_finished_run
 
 SHAPE = ImageShape(1, 28, 10)
 
@@ -38,10 +42,7 @@ def trained():
 
 
 def _cnn_config():
-    from dlclassics.config import resolve
-    from dlclassics.experiments import mnist_classifier
-
-    return resolve(mnist_classifier.Config, {"channels": (4, 8), "hidden": 16})
+    return SmallCnn(channels=(4, 8), hidden=16)
 
 
 def test_fgsm_matches_a_direct_autograd_computation_image_by_image(trained):
@@ -93,6 +94,28 @@ def test_each_producers_pixel_scaling_is_the_input_its_experiment_trained_on():
     assert set(expected) == set(PRODUCERS)
     for name, producer in PRODUCERS.items():
         assert torch.allclose(producer.scaling()(pixels), expected[name], atol=1e-6), name
+
+
+def test_each_producers_network_options_are_declared_as_its_experiment_declares_them():
+    for name, producer in PRODUCERS.items():
+        theirs = {field.name: field for field in dataclasses.fields(registry.load(name).Config)}
+        for field in dataclasses.fields(producer.options):
+            assert (theirs[field.name].default, theirs[field.name].metadata) == (field.default, field.metadata), name
+
+
+@pytest.mark.parametrize("config, needle", [
+    (["mnist"], "('config' is list, not a table of options)"),
+    ({"dataset": "mnist", "hidden": 0}, "option 'hidden' must be >= 1"),
+    ({"channels": [4, 8, 16]}, "option 'channels' needs two values"),
+])
+def test_a_producer_config_that_does_not_describe_its_run_is_one_usage_error(tmp_path, config, needle):
+    folder = _classifier_run(tmp_path, {}, {"experiment": "mnist-classifier", "config": config})
+    finished = read_finished_run(folder, tuple(PRODUCERS), ("model.pt",))
+    with pytest.raises(UsageError) as error:
+        load_classifier(finished, SHAPE)
+    message = str(error.value)
+    assert message.startswith(f"--from-run {folder}: its config.json does not describe a 'mnist-classifier' run")
+    assert needle in message and "\n" not in message
 
 
 def _finished_enhanced_mlp(folder: Path) -> Path:
@@ -147,7 +170,10 @@ def test_fgsm_without_from_run_trains_the_cnn_first_and_says_so(image_data_dir, 
     assert "no --from-run: training mnist-classifier's CNN on mnist" in capsys.readouterr().err
     metrics = json.loads((folder / "metrics.json").read_text())
     assert metrics["fgsm_accuracy_0"] == metrics["clean_accuracy"] == metrics["producer_test_accuracy"]
-    assert (folder / "model.pt").is_file() and (folder / "figures" / "loss.png").is_file()
+    # the victim is fgsm's input, not its product: only fgsm's own files land in its folder
+    assert sorted(path.name for path in (folder / "figures").glob("*.png")) == [
+        "accuracy_vs_epsilon.png", "fgsm_examples.png", "most_damaged.png"]
+    assert not (folder / "model.pt").exists()
 
 
 class Payload:

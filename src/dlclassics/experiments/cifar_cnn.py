@@ -32,17 +32,18 @@ from torch import nn
 from torch.nn import functional as F
 
 from dlclassics import plots
-from dlclassics.config import BaseConfig, option
-from dlclassics.data.cifar import cifar_datasets, load_for_run
-from dlclassics.data.splits import Split, split_data
-from dlclassics.engine import (
-    Step,
-    evaluate_classifier,
-    fit,
-    held_out,
-    seed_everything,
-    sgd,
+from dlclassics.config import (
+    BaseConfig,
+    batch_size_option,
+    dataset_option,
+    epochs_option,
+    limit_option,
+    lr_option,
+    option,
 )
+from dlclassics.data import cifar
+from dlclassics.data.splits import Split, split_data
+from dlclassics.engine import Step, evaluate_classifier, held_out, sgd
 from dlclassics.models.pixels import Pixels, channel_stats
 from dlclassics.runs import Reference, Run
 
@@ -51,16 +52,16 @@ TITLE = "CNN on CIFAR-10: the source's one-layer CNN, or a fast airbench-style r
 
 @dataclasses.dataclass(frozen=True)
 class Config(BaseConfig):
-    dataset: str = option("cifar10", "CIFAR-10, or a grey stand-in padded to 32x32 (not comparable)",
-                          choices=cifar_datasets)
+    dataset: str = dataset_option("cifar10", cifar.cifar_datasets,
+                                  "CIFAR-10, or a grey stand-in padded to 32x32 (not comparable)")
     net: str = option("fast", "the source's one-layer CNN, or the fast airbench-style network",
                       choices=("source", "fast"))
     filters: int = option(200, "source net: filters M of its 5x5 convolution", low=1)
     pool: int = option(8, "source net: max-pool size N", low=1, high=28)
     widths: tuple[int, ...] = option((32, 64, 128), "fast net: channels of its three blocks", low=1)
-    batch_size: int = option(512, "minibatch size", low=1)
-    epochs: int = option(10, "training epochs", low=1)
-    lr: float = option(0.2, "SGD learning rate (the peak, with the warm-up/decay schedule)", low=0.0, low_open=True)
+    batch_size: int = batch_size_option(512)
+    epochs: int = epochs_option(10)
+    lr: float = lr_option(0.2, "SGD learning rate (the peak, with the warm-up/decay schedule)")
     momentum: float = option(0.9, "SGD momentum", low=0.0, high=0.999)
     nesterov: bool = option(True, "Nesterov momentum")
     weight_decay: float = option(5e-4, "L2 on weights (never on biases or norm scales)", low=0.0)
@@ -76,7 +77,7 @@ class Config(BaseConfig):
                                      "source's mean/std 0.5")
     val_fraction: float = option(0.1, "share of the training split held out for validation", low=0.0, high=0.5,
                                  low_open=True)
-    limit: int = option(0, "use only the first N training images (0 = all)", low=0)
+    limit: int = limit_option()
 
 
 RECIPES = {"seed": {"net": "source", "batch_size": 4, "epochs": 12, "lr": 0.001, "momentum": 0.9,
@@ -218,8 +219,7 @@ def training_flops(model: nn.Module, images: torch.Tensor, step: Step, targets: 
 
 
 def run(cfg: Config, run: Run) -> dict[str, Any]:
-    generator = seed_everything(cfg.seed)
-    data = load_for_run(run, cfg.dataset)
+    data = run.load_images(cfg.dataset, cifar.load)
     split = split_data(data, cfg.val_fraction, cfg.seed, cfg.limit, run.device)
     run.note(f"{len(split.train_x):,} training, {len(split.val_x):,} validation (held out of the training split) "
              f"and {len(split.test_x):,} test images")
@@ -242,9 +242,8 @@ def run(cfg: Config, run: Run) -> dict[str, Any]:
         return metrics
 
     started = time.perf_counter()
-    result = fit(model, (split.train_x, split.train_y), optimizer=optimizer, scheduler=scheduler, epochs=cfg.epochs,
-                 batch_size=cfg.batch_size, generator=generator, step=step, evaluate=validate,
-                 checkpoint=run.checkpoint_path, resume=run.resume, quiet=run.quiet, desc=run.experiment)
+    result = run.fit(model, (split.train_x, split.train_y), optimizer=optimizer, scheduler=scheduler,
+                     epochs=cfg.epochs, batch_size=cfg.batch_size, step=step, evaluate=validate)
     train_time = time.perf_counter() - started - evaluation_time
     run.save_history(result.history)
     run.save_model(model)

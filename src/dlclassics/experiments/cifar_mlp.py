@@ -16,22 +16,16 @@ on the inputs the model was trained on (the source scored raw 0-255 pixels). M i
 from __future__ import annotations
 
 import dataclasses
-import time
 from typing import Any
 
 from torch import nn
 
-from dlclassics.config import option
-from dlclassics.data.cifar import load_for_run
+from dlclassics.config import lr_option, option
+from dlclassics.data import cifar
 from dlclassics.data.splits import split_data
-from dlclassics.experiments.cifar_linear import (
-    SweepConfig,
-    input_layer,
-    report_settings,
-    train_settings,
-)
 from dlclassics.models.mlp import mlp
 from dlclassics.runs import Reference, Run
+from dlclassics.training.cifar_sweep import SweepConfig, input_layer, report_settings, train_settings
 
 TITLE = "One-hidden-layer MLP on CIFAR-10, width swept (S2 CIFAR-10 b)"
 
@@ -39,7 +33,7 @@ TITLE = "One-hidden-layer MLP on CIFAR-10, width swept (S2 CIFAR-10 b)"
 @dataclasses.dataclass(frozen=True)
 class Config(SweepConfig):
     widths: tuple[int, ...] = option(tuple(range(100, 241, 20)), "hidden widths M tried, comma separated", low=1)
-    lr: float = option(0.001, "Adam learning rate", low=0.0, low_open=True)
+    lr: float = lr_option(0.001)
 
 
 RECIPES = {"seed": {"standardize": False}, "tuned": {}}
@@ -53,7 +47,7 @@ REFERENCES = [
 
 
 def run(cfg: Config, run: Run) -> dict[str, Any]:
-    data = load_for_run(run, cfg.dataset)
+    data = run.load_images(cfg.dataset, cifar.load)
     split = split_data(data, cfg.val_fraction, cfg.seed, cfg.limit, run.device)
     pixels = input_layer(split, cfg.standardize)
     inputs = split.train_x[0].numel()
@@ -62,8 +56,7 @@ def run(cfg: Config, run: Run) -> dict[str, Any]:
         return nn.Sequential(pixels(), nn.Flatten(), mlp(inputs, [width], len(data.classes)))
 
     settings = {f"M = {width}": (lambda width=width: network(width), cfg.lr) for width in cfg.widths}
-    started = time.perf_counter()
-    trained = train_settings(cfg, run, split, settings)
-    train_time = time.perf_counter() - started
-    best, metrics = report_settings(run, trained, split, "M", train_time)
+    with run.timer("train_time_s"):
+        trained = train_settings(cfg, run, split, settings)
+    best, metrics = report_settings(run, trained, split, "M")
     return {"best_width": cfg.widths[trained.index(best)], **metrics}

@@ -38,26 +38,21 @@ import matplotlib.pyplot as plt
 import torch
 from torch import nn
 
-from dlclassics.config import BaseConfig, option
-from dlclassics.data.images import ImageData, image_datasets, image_spec, load_for_run
+from dlclassics.config import BaseConfig, batch_size_option, dataset_option, limit_option, lr_option, option
+from dlclassics.data.images import ImageData, image_datasets, image_spec
 from dlclassics.data.transforms import images_4d, subsample
-from dlclassics.engine import (
-    batched_outputs,
-    evaluate_classifier,
-    fit,
-    make_optimizer,
-    seed_everything,
-)
+from dlclassics.engine import batched_outputs, evaluate_classifier, fit, make_optimizer, seed_everything
 from dlclassics.errors import RunError, UsageError
 from dlclassics.files import atomic_torch_save, atomic_write_bytes, load_tensor_file
 from dlclassics.models import alexnet
-from dlclassics.models.classifier_runs import (
+from dlclassics.runs import MODEL, Reference, Run, Upstream, markdown_table
+from dlclassics.training.classifiers import (
     PRODUCERS,
     ImageShape,
     classifier_builder,
     load_classifier,
+    recorded_options,
 )
-from dlclassics.runs import MODEL, Reference, Run, Upstream, markdown_table
 
 TITLE = "Transfer learning: frozen, fine-tuned and from-scratch networks against the labels available (S2)"
 
@@ -70,8 +65,7 @@ ALEXNET_FORWARD_224, ALEXNET_TRAIN_224 = 9.0, 3.0
 
 @dataclasses.dataclass(frozen=True)
 class Config(BaseConfig):
-    dataset: str = option("mnist", "target dataset the backbone's features are transferred to",
-                          choices=image_datasets)
+    dataset: str = dataset_option("mnist", image_datasets, "target dataset the backbone's features are transferred to")
     weights: str = option("", "torchvision's AlexNet weights file (alexnet-owt-7be5be79.pth); not needed with "
                               "--backbone-run")
     resolution: int = option(128, "side AlexNet sees the images resized to (the source: 256)",
@@ -81,12 +75,11 @@ class Config(BaseConfig):
     labels: tuple[int, ...] = option((100, 300, 1000, 0), "labelled target examples per training (0 = all)", low=0)
     repeats: int = option(3, "trainings per labels count and mode, each on another random subset", low=1)
     steps: int = option(600, "optimiser steps per training (epochs = steps / batches per epoch)", low=1)
-    batch_size: int = option(64, "minibatch size", low=1)
-    lr: float = option(1e-3, "Adam learning rate of the new last layer (frozen) and from scratch", low=0.0,
-                       low_open=True)
-    finetune_lr: float = option(3e-4, "Adam learning rate when fine-tuning every layer", low=0.0, low_open=True)
+    batch_size: int = batch_size_option(64)
+    lr: float = lr_option(1e-3, "Adam learning rate of the new last layer (frozen) and from scratch")
+    finetune_lr: float = lr_option(3e-4, "Adam learning rate when fine-tuning every layer")
     feature_batch: int = option(256, "images per batched feature computation", low=1)
-    limit: int = option(0, "use only the first N images of each split (0 = all)", low=0)
+    limit: int = limit_option("images of each split")
 
 
 RECIPES: dict[str, dict[str, Any]] = {
@@ -126,7 +119,7 @@ class Backbone:
 def own_backbone(run: Run, data: ImageData) -> Backbone:
     """All but the last layer of the classifier of the --backbone-run run."""
     finished = run.from_run
-    theirs = finished.record.get("config", {}).get("dataset", "mnist")
+    theirs = recorded_options(finished).get("dataset", "mnist")
     spec = image_spec(theirs)
     if (spec.channels, spec.image_size) != (data.channels, data.image_size):
         raise UsageError(f"--backbone-run {finished.folder} read {spec.channels}x{spec.image_size}x{spec.image_size} "
@@ -300,8 +293,7 @@ def warn_cpu_time(cfg: Config, run: Run, images: int, counts: list[int]) -> None
 
 
 def run(cfg: Config, run: Run) -> dict[str, Any]:
-    seed_everything(cfg.seed)
-    data = load_for_run(run, cfg.dataset)
+    data = run.load_images(cfg.dataset)
     train_x, train_y = subsample(data.train_x, data.train_y, cfg.limit)
     test_x, test_y = subsample(data.test_x, data.test_y, cfg.limit)
     shape = (data.channels, data.image_size)
@@ -315,17 +307,15 @@ def run(cfg: Config, run: Run) -> dict[str, Any]:
              f"images of {data.name}")
     before = weights_digest(backbone)
 
-    cache_time = 0.0
     if "frozen" in cfg.modes:
-        started = time.perf_counter()
-        target.train_features, train_source = cached_features(run.dir, backbone, before, target.train_x, "train",
-                                                              cfg.feature_batch)
-        target.test_features, test_source = cached_features(run.dir, backbone, before, target.test_x, "test",
-                                                            cfg.feature_batch)
-        cache_time = time.perf_counter() - started
+        with run.timer("feature_time_s"):
+            target.train_features, train_source = cached_features(run.dir, backbone, before, target.train_x, "train",
+                                                                  cfg.feature_batch)
+            target.test_features, test_source = cached_features(run.dir, backbone, before, target.test_x, "test",
+                                                                cfg.feature_batch)
         run.note(f"frozen features ({backbone.size} per image, eval mode): train {train_source}, test {test_source} "
-                 f"({cache_time:.1f} s); cached as features-*.pt in the run folder, keyed by a sha256 of the "
-                 "weights, the images and the resolution, for later runs")
+                 f"({run.timings['feature_time_s']:.1f} s); cached as features-*.pt in the run folder, keyed by a "
+                 "sha256 of the weights, the images and the resolution, for later runs")
 
     rows, parameters = [], {}
     for n in counts:
@@ -342,7 +332,7 @@ def run(cfg: Config, run: Run) -> dict[str, Any]:
     summary = summarise(rows)
     unchanged = weights_digest(backbone) == before
     save_report(run, cfg, summary, parameters, counts, len(target.train_x), unchanged, backbone.source, data.name)
-    return metrics(summary, parameters, counts, unchanged, cache_time)
+    return metrics(summary, parameters, counts, unchanged)
 
 
 # ---------------------------------------------------------------- results
@@ -363,7 +353,7 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def metrics(summary: list[dict[str, Any]], parameters: dict[str, tuple[int, int]], counts: list[int],
-            unchanged: bool, cache_time: float) -> dict[str, Any]:
+            unchanged: bool) -> dict[str, Any]:
     values: dict[str, Any] = {}
     for row in summary:
         values[f"{row['mode']}_accuracy_{row['labels']}"] = row["mean_accuracy"]
@@ -373,7 +363,7 @@ def metrics(summary: list[dict[str, Any]], parameters: dict[str, tuple[int, int]
     for mode, (trained, total) in parameters.items():
         values[f"{mode}_trainable_parameters"] = trained
     values["total_parameters"] = max(total for _, total in parameters.values())
-    return {**values, "labels_counts": counts, "backbone_unchanged": unchanged, "feature_time_s": round(cache_time, 2)}
+    return {**values, "labels_counts": counts, "backbone_unchanged": unchanged}
 
 
 def save_report(run: Run, cfg: Config, summary: list[dict[str, Any]], parameters: dict[str, tuple[int, int]],

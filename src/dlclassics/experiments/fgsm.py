@@ -5,7 +5,7 @@ al. 2015): x' = x + epsilon * sign(grad_x loss(f(x), y)), applied with epsilon 0
 classified images of the trained CIFAR CNN; all 4 were misclassified afterwards (the figure).
 Fixed: the source added epsilon in its normalised units (std 0.5), i.e. 0.025 = 6.4/255 in pixels, and
 never clamped to the valid range. Here the attack works in [0, 1] pixel space on the model with its
-input scaling as its first layer (`models.classifier_runs`), in eval mode, clamped to [0, 1], and every
+input scaling as its first layer (`training.classifiers`), in eval mode, clamped to [0, 1], and every
 epsilon is given in pixels and in /255.
 
 Beyond the source: accuracy against epsilon over the whole test set for FGSM and for projected gradient
@@ -18,13 +18,12 @@ it has fooled. The attack loops are
 the idea of this experiment, so they live here, not in `engine.fit`.
 
     dlclassics run fgsm --from-run runs/mnist-classifier/<run>   # any classifier run (see PRODUCERS)
-    dlclassics run fgsm --dataset fashion-mnist                  # trains mnist-classifier's CNN first
+    dlclassics run fgsm --dataset fashion-mnist                  # trains mnist-classifier's CNN here first
 """
 
 from __future__ import annotations
 
 import dataclasses
-import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -33,20 +32,22 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from dlclassics.config import BaseConfig, option, resolve
-from dlclassics.data.images import ImageData, image_datasets, load_for_run, load_images
-from dlclassics.engine import evaluate_classifier, seed_everything
+from dlclassics.config import BaseConfig, batch_size_option, dataset_option, epochs_option, option, resolve
+from dlclassics.data.images import ImageData, image_datasets
+from dlclassics.data.transforms import images_4d
+from dlclassics.engine import evaluate_classifier
 from dlclassics.errors import UsageError
-from dlclassics.experiments import mnist_classifier
-from dlclassics.models.classifier_runs import (
+from dlclassics.runs import MODEL, Reference, Run, Upstream, markdown_table
+from dlclassics.training.classifiers import (
+    CNN_QUICK,
     PRODUCERS,
+    CnnConfig,
     ImageShape,
     PixelClassifier,
     load_classifier,
-    load_weights,
-    rebuild,
+    recorded_options,
+    train_cnn,
 )
-from dlclassics.runs import MODEL, Reference, Run, Upstream, markdown_table
 
 TITLE = "FGSM and PGD attacks on a trained classifier, accuracy against epsilon (S2 part e)"
 
@@ -63,9 +64,9 @@ SHOWN_IMAGES, DAMAGED_IMAGES = 4, 8
 
 @dataclasses.dataclass(frozen=True)
 class Config(BaseConfig):
-    dataset: str = option("fashion-mnist", "dataset of the classifier trained here (a --from-run run's own wins)",
-                          choices=image_datasets)
-    epochs: int = option(10, "epochs of mnist-classifier's CNN, trained here when no --from-run is given", low=1)
+    dataset: str = dataset_option("fashion-mnist", image_datasets,
+                                  "dataset of the classifier trained here (a --from-run run's own wins)")
+    epochs: int = epochs_option(10, "epochs of mnist-classifier's CNN, trained here when no --from-run is given")
     epsilons: tuple[float, ...] = option((), "epsilons in pixel units (0 is always added); empty = 0 to 0.3 by "
                                              "0.025 on 28x28 images, 0 to 16/255 by 1/255 on larger ones",
                                          low=0.0, high=1.0)
@@ -74,7 +75,7 @@ class Config(BaseConfig):
     pgd_steps: int = option(10, "PGD iterations per epsilon", low=1)
     pgd_step_factor: float = option(2.5, "PGD step = factor * epsilon / steps (Madry et al.: 2.5)", low=0.0,
                                     low_open=True)
-    batch_size: int = option(1024, "test images attacked at once", low=1)
+    batch_size: int = batch_size_option(1024, "test images attacked at once")
     limit: int = option(0, "attack only the first N test images (0 = all)", low=0)
 
 
@@ -195,27 +196,27 @@ def shape_of(data: ImageData) -> ImageShape:
 def finished_victim(run: Run) -> tuple[PixelClassifier, ImageData, float]:
     """The classifier of the --from-run run, its test data, and the test accuracy it measured."""
     finished = run.from_run
-    theirs = finished.record.get("config", {})
     carved = float(finished.record.get("carve_test") or 0.0)
     if carved != run.carve_test:
         raise UsageError(f"--from-run {finished.folder} was run with --carve-test {carved:g}, this run with "
                          f"{run.carve_test:g}: pass the same, so that the attacked images are its test split")
-    data = load_for_run(run, theirs.get("dataset", "mnist"))
+    data = run.load_images(recorded_options(finished).get("dataset", "mnist"))
     run.note(f"victim: the {finished.experiment} run {finished.folder} (its own dataset, {data.name})")
     return load_classifier(finished, shape_of(data)), data, finished.metrics()["test_accuracy"]
 
 
 def trained_victim(cfg: Config, run: Run) -> tuple[PixelClassifier, ImageData, float]:
-    """mnist-classifier's CNN trained in this run (its figures and model.pt land here), then reloaded."""
-    layers = [mnist_classifier.QUICK if cfg.quick else {},
+    """mnist-classifier's CNN, with its options at their defaults (its quick size with --quick), trained here
+    on `cfg.dataset` for `cfg.epochs` epochs; the test accuracy it reached."""
+    layers = [CNN_QUICK if cfg.quick else {},
               {name: getattr(cfg, name) for name in ("dataset", "epochs", "seed", "device", "quick")}]
-    classifier_cfg = resolve(mnist_classifier.Config, *layers)
+    cnn_cfg = resolve(CnnConfig, *layers)
     run.announce(f"no --from-run: training mnist-classifier's CNN on {cfg.dataset} for {cfg.epochs} epochs first "
                   "(pass --from-run runs/<classifier>/<run> to attack a finished one)")
-    trained = mnist_classifier.run(classifier_cfg, run)
-    data = load_images(cfg.dataset, run.data_dir, run.carve_test, run.unverified)
-    model = rebuild("mnist-classifier", classifier_cfg, {}, shape_of(data))
-    return load_weights(model, run.dir / MODEL, "the CNN trained in this run").eval(), data, trained["test_accuracy"]
+    data = run.load_images(cfg.dataset)
+    trained = train_cnn(cnn_cfg, run, data)
+    victim = PixelClassifier(PRODUCERS["mnist-classifier"].scaling(), trained.model)
+    return victim.eval(), data, trained.test["accuracy"]
 
 
 def epsilon_grid(cfg: Config, size: int) -> list[float]:
@@ -231,21 +232,20 @@ def per_255(eps: float) -> str:
 # ---------------------------------------------------------------- the experiment
 
 def run(cfg: Config, run: Run) -> dict[str, Any]:
-    seed_everything(cfg.seed)
     victim, data, producer_accuracy = finished_victim(run) if run.from_run else trained_victim(cfg, run)
     # channels_last lets oneDNN pick its fastest CPU convolutions; attacks need no parameter gradients.
     victim = victim.to(run.device, memory_format=torch.channels_last).requires_grad_(False)
     count = cfg.limit or len(data.test_x)
-    x = mnist_classifier.images_4d(data.test_x[:count], data.channels, data.image_size)
+    x = images_4d(data.test_x[:count], data.channels, data.image_size)
     x, y = x.to(run.device).contiguous(memory_format=torch.channels_last), data.test_y[:count].to(run.device)
     epsilons = epsilon_grid(cfg, data.image_size)
 
     clean_accuracy = evaluate_classifier(victim, x, y, cfg.batch_size)["accuracy"]
-    started = time.perf_counter()
-    fgsm_correct = fgsm_curve(victim, x, y, epsilons, cfg.batch_size)
-    fgsm_time = time.perf_counter() - started
-    pgd_correct = pgd_curve(victim, x, y, epsilons, cfg.pgd_steps, cfg.pgd_step_factor, cfg.batch_size, cfg.seed)
-    pgd_time = time.perf_counter() - started - fgsm_time
+    with run.timer("fgsm_time_s"):
+        fgsm_correct = fgsm_curve(victim, x, y, epsilons, cfg.batch_size)
+    with run.timer("pgd_time_s"):
+        pgd_correct = pgd_curve(victim, x, y, epsilons, cfg.pgd_steps, cfg.pgd_step_factor, cfg.batch_size, cfg.seed)
+    fgsm_time, pgd_time = run.timings["fgsm_time_s"], run.timings["pgd_time_s"]
     rows = [{"epsilon": eps, "epsilon_255": round(eps * 255, 3), "fgsm_accuracy": f.float().mean().item(),
              "pgd_accuracy": p.float().mean().item()} for eps, f, p in zip(epsilons, fgsm_correct, pgd_correct)]
 
@@ -257,16 +257,15 @@ def run(cfg: Config, run: Run) -> dict[str, Any]:
              f"without a clamp). PGD: random start, {cfg.pgd_steps} steps of {cfg.pgd_step_factor:g} epsilon / "
              "steps; an image counts as fooled at its first misclassified iterate, and at every epsilon above one it "
              "was fooled at (the example lies in the larger ball too).")
-    run.note(f"{count:,} test images; accuracy at each epsilon -- " + "; ".join(
-        f"{row['epsilon']:g} ({per_255(row['epsilon'])}): FGSM {row['fgsm_accuracy']:.4f}, "
-        f"PGD {row['pgd_accuracy']:.4f}" for row in rows) + f". Attack wall time {fgsm_time + pgd_time:.1f} s (FGSM {fgsm_time:.1f} s, "
-        f"PGD {pgd_time:.1f} s).")
+    accuracies = "; ".join(f"{row['epsilon']:g} ({per_255(row['epsilon'])}): FGSM {row['fgsm_accuracy']:.4f}, "
+                           f"PGD {row['pgd_accuracy']:.4f}" for row in rows)
+    run.note(f"{count:,} test images; accuracy at each epsilon -- {accuracies}. Attack wall time "
+             f"{fgsm_time + pgd_time:.1f} s (FGSM {fgsm_time:.1f} s, PGD {pgd_time:.1f} s).")
     return {"clean_accuracy": clean_accuracy, "producer_test_accuracy": producer_accuracy,
             "eps0_gap": abs(rows[0]["fgsm_accuracy"] - clean_accuracy), "test_images": count,
             **{f"fgsm_accuracy_{row['epsilon']:g}": row["fgsm_accuracy"] for row in rows},
             **{f"pgd_accuracy_{row['epsilon']:g}": row["pgd_accuracy"] for row in rows},
-            "figure_fooled": fooled, "fgsm_time_s": round(fgsm_time, 2), "pgd_time_s": round(pgd_time, 2),
-            "attack_time_s": round(fgsm_time + pgd_time, 2)}
+            "figure_fooled": fooled, "attack_time_s": round(fgsm_time + pgd_time, 2)}
 
 
 # ---------------------------------------------------------------- figures and tables

@@ -3,7 +3,8 @@
 Source: `../shared/seeds/004_a59f37929212bae1.txt`, Sec. 2. The source gives no architecture, only a
 10-epoch run ending at training loss 0.0133, validation loss 0.0497, validation accuracy 98.43%.
 We use a small CNN (`models.cnn.small_cnn`), Adam, a validation split held out from the training
-set for the curves and the untouched test split for the final accuracy. On Fashion-MNIST the tuned
+set for the curves and the untouched test split for the final accuracy: `training.classifiers.train_cnn`,
+which `fgsm` calls too when it trains this CNN as its victim. On Fashion-MNIST the tuned
 recipe must reach >= 0.91 test accuracy in under 5 minutes on two CPU cores.
 
     dlclassics run mnist-classifier --recipe seed
@@ -13,49 +14,23 @@ recipe must reach >= 0.91 test accuracy in under 5 minutes on two CPU cores.
 from __future__ import annotations
 
 import dataclasses
-import time
 from typing import Any
 
-import torch
-
 from dlclassics import plots
-from dlclassics.config import BaseConfig, option
-from dlclassics.data.images import image_datasets, load_for_run
-from dlclassics.data.splits import holdout
-from dlclassics.data.transforms import images_4d, subsample
-from dlclassics.engine import (
-    check_classifier_loss,
-    cosine_schedule,
-    evaluate_classifier,
-    fit,
-    held_out,
-    make_optimizer,
-    seed_everything,
-)
-from dlclassics.errors import UsageError
-from dlclassics.models.cnn import small_cnn
+from dlclassics.data.images import ImageData
 from dlclassics.runs import Reference, Run
+from dlclassics.training.classifiers import CNN_QUICK, CnnConfig, TrainedClassifier, train_cnn
 
 TITLE = "Small CNN classifier on MNIST (S4 Sec. 2)"
 
 
 @dataclasses.dataclass(frozen=True)
-class Config(BaseConfig):
-    dataset: str = option("mnist", "image dataset", choices=image_datasets)
-    channels: tuple[int, ...] = option((16, 32), "channels of the two conv layers, comma separated", low=1)
-    hidden: int = option(128, "units of the hidden fully connected layer", low=1)
-    dropout: float = option(0.0, "dropout before the output layer", low=0.0, high=0.9)
-    lr: float = option(2e-3, "Adam learning rate", low=0.0, low_open=True)
-    batch_size: int = option(128, "minibatch size", low=1)
-    epochs: int = option(10, "training epochs", low=1)
-    cosine: bool = option(True, "decay the learning rate to 0 along a cosine over the epochs")
-    val_fraction: float = option(0.1, "fraction of the training split held out for validation", low=0.0,
-                                 high=0.5, low_open=True)
-    limit: int = option(0, "use only the first N training images (0 = all)", low=0)
+class Config(CnnConfig):
+    """The CNN's options and its training's, as `fgsm` trains the same CNN for its victim."""
 
 
 RECIPES = {"seed": {"lr": 1e-3, "batch_size": 64, "epochs": 10, "cosine": False}, "tuned": {}}
-QUICK = {"limit": 500, "epochs": 2, "batch_size": 32}
+QUICK = CNN_QUICK
 
 REFERENCES = [
     Reference("val_accuracy", 0.9843, "validation accuracy after 10 epochs (source: MNIST)", rule="higher",
@@ -70,34 +45,19 @@ REFERENCES = [
 
 
 def run(cfg: Config, run: Run) -> dict[str, Any]:
-    if len(cfg.channels) != 2:
-        raise UsageError(f"option 'channels' needs two values (first,second conv layer); got {cfg.channels}")
-    generator = seed_everything(cfg.seed)
-    data = load_for_run(run, cfg.dataset)
-    train_x, train_y, val_x, val_y = holdout(data.train_x, data.train_y, cfg.val_fraction, cfg.seed)
-    shape = (data.channels, data.image_size)
-    train_x, train_y = subsample(images_4d(train_x, *shape), train_y, cfg.limit)
-    tensors = (train_x, train_y, images_4d(val_x, *shape), val_y, images_4d(data.test_x, *shape), data.test_y)
-    train_x, train_y, val_x, val_y, test_x, test_y = (t.to(run.device) for t in tensors)
-    run.note(f"{len(train_x):,} training, {len(val_x):,} validation (held out of the training split, "
-             f"seed {cfg.seed}) and {len(test_x):,} test images")
+    data = run.load_images(cfg.dataset)
+    trained = train_cnn(cfg, run, data)
+    run.save_history(trained.history)
+    run.save_model(trained.model)
+    save_figures(run, trained, data)
+    final = trained.history[-1]
+    return {"test_accuracy": trained.test["accuracy"], "test_loss": trained.test["loss"],
+            "val_accuracy": final["val_accuracy"], "val_loss": final["val_loss"], "train_loss": final["train_loss"]}
 
-    # channels_last lets oneDNN pick its fastest CPU convolutions (about 1.4x here).
-    model = small_cnn(tuple(cfg.channels), cfg.hidden, len(data.classes), cfg.dropout, *shape).to(run.device)
-    model = model.to(memory_format=torch.channels_last)
-    optimizer = make_optimizer("adam", model, cfg.lr)
-    scheduler = cosine_schedule(optimizer, cfg.epochs, cfg.cosine)
 
-    started = time.perf_counter()
-    result = fit(model, (train_x, train_y), optimizer=optimizer, scheduler=scheduler, epochs=cfg.epochs,
-                 batch_size=cfg.batch_size, generator=generator, evaluate=held_out(val_x, val_y, "val", 1024),
-                 checkpoint=run.checkpoint_path, resume=run.resume, quiet=run.quiet, desc=run.experiment)
-    train_time = time.perf_counter() - started
-    check_classifier_loss(result.history[-1]["train_loss"], len(data.classes))
-    run.save_history(result.history)
-    run.save_model(model)
-
-    history = result.history
+def save_figures(run: Run, trained: TrainedClassifier, data: ImageData) -> None:
+    """Loss and accuracy per epoch, and the test set's confusion matrix."""
+    history = trained.history
     run.save_figure(plots.curves(history, "epoch", {"train_loss": "train loss", "val_loss": "val loss"},
                                  "Cross-entropy per epoch", "loss"), "loss", "Training and validation loss",
                     rows=history)
@@ -105,12 +65,7 @@ def run(cfg: Config, run: Run) -> dict[str, Any]:
                                                     "val_accuracy": "val accuracy"},
                                  "Accuracy per epoch", "accuracy"), "accuracy", "Training and validation accuracy",
                     rows=history)
-    test = evaluate_classifier(model, test_x, test_y, batch_size=1024)
-    predicted = test["probabilities"].argmax(1).cpu()
-    matrix = plots.confusion_matrix(predicted, test_y.cpu(), len(data.classes))
+    predicted = trained.test["probabilities"].argmax(1).cpu()
+    matrix = plots.confusion_matrix(predicted, data.test_y.cpu(), len(data.classes))
     run.save_figure(plots.confusion_figure(matrix, data.classes, "Confusion matrix (test set)"), "confusion",
                     "Confusion matrix on the test set", data={"confusion": matrix})
-    return {"test_accuracy": test["accuracy"], "test_loss": test["loss"], "val_accuracy": history[-1]["val_accuracy"],
-            "val_loss": history[-1]["val_loss"], "train_loss": history[-1]["train_loss"],
-            "train_time_s": round(train_time, 2)}
-

@@ -11,39 +11,40 @@ Also runs on Fashion-MNIST (`--dataset fashion-mnist`).
 from __future__ import annotations
 
 import dataclasses
-import time
 from typing import Any
 
 import torch
 
 from dlclassics import plots
-from dlclassics.config import BaseConfig, option
-from dlclassics.data.images import image_datasets, load_for_run
-from dlclassics.data.transforms import flat_float, subsample
-from dlclassics.engine import (
-    check_classifier_loss,
-    cosine_schedule,
-    evaluate_classifier,
-    fit,
-    held_out,
-    make_optimizer,
-    seed_everything,
+from dlclassics.config import (
+    BaseConfig,
+    batch_size_option,
+    dataset_option,
+    epochs_option,
+    limit_option,
+    lr_option,
+    option,
 )
+from dlclassics.data.images import image_datasets
+from dlclassics.data.transforms import flat_float, subsample
+from dlclassics.engine import check_classifier_loss, cosine_schedule, evaluate_classifier, held_out, make_optimizer
 from dlclassics.models.mlp import mlp
 from dlclassics.runs import Reference, Run
+from dlclassics.training.classifiers import MlpLayers
 
 TITLE = "MLP classifier on MNIST (S3)"
 
 
 @dataclasses.dataclass(frozen=True)
-class Config(BaseConfig):
-    dataset: str = option("mnist", "image dataset", choices=image_datasets)
-    hidden: tuple[int, ...] = option((128, 64), "hidden layer widths, comma separated", low=1)
-    lr: float = option(2e-3, "Adam learning rate", low=0.0, low_open=True)
-    batch_size: int = option(128, "minibatch size", low=1)
-    epochs: int = option(10, "training epochs", low=1)
+class Config(MlpLayers, BaseConfig):
+    """The network's options (`MlpLayers`, which a consumer of this run reads back) and its training's."""
+
+    dataset: str = dataset_option("mnist", image_datasets)
+    lr: float = lr_option(2e-3)
+    batch_size: int = batch_size_option(128)
+    epochs: int = epochs_option(10)
     cosine: bool = option(True, "decay the learning rate to 0 along a cosine over the epochs")
-    limit: int = option(0, "use only the first N training images (0 = all)", low=0)
+    limit: int = limit_option()
 
 
 RECIPES = {"seed": {"lr": 1e-3, "batch_size": 64, "epochs": 15, "cosine": False}, "tuned": {}}
@@ -56,22 +57,19 @@ REFERENCES = [
 
 
 def run(cfg: Config, run: Run) -> dict[str, Any]:
-    generator = seed_everything(cfg.seed)
-    data = load_for_run(run, cfg.dataset)
+    data = run.load_images(cfg.dataset)
     # S3 normalises with mean 0.5, std 0.5: pixels in [-1, 1].
     train_x, train_y = subsample(flat_float(data.train_x, 0.5, 0.5), data.train_y, cfg.limit)
     test_x, test_y = flat_float(data.test_x, 0.5, 0.5), data.test_y
-    train_x, train_y, test_x, test_y = (t.to(run.device) for t in (train_x, train_y, test_x, test_y))
+    train_x, train_y, test_x, test_y = run.to_device(train_x, train_y, test_x, test_y)
 
     model = mlp(train_x.shape[1], list(cfg.hidden), len(data.classes)).to(run.device)
     optimizer = make_optimizer("adam", model, cfg.lr)
     scheduler = cosine_schedule(optimizer, cfg.epochs, cfg.cosine)
 
-    started = time.perf_counter()
-    result = fit(model, (train_x, train_y), optimizer=optimizer, scheduler=scheduler, epochs=cfg.epochs,
-                 batch_size=cfg.batch_size, generator=generator, evaluate=held_out(test_x, test_y, "test"),
-                 checkpoint=run.checkpoint_path, resume=run.resume, quiet=run.quiet, desc=run.experiment)
-    train_time = time.perf_counter() - started
+    with run.timer("train_time_s"):
+        result = run.fit(model, (train_x, train_y), optimizer=optimizer, scheduler=scheduler, epochs=cfg.epochs,
+                         batch_size=cfg.batch_size, evaluate=held_out(test_x, test_y, "test"))
     check_classifier_loss(result.history[-1]["train_loss"], len(data.classes))
     run.save_history(result.history)
     run.save_model(model)
@@ -80,7 +78,7 @@ def run(cfg: Config, run: Run) -> dict[str, Any]:
     predicted = final["probabilities"].argmax(1)
     save_classifier_figures(run, data.classes, data.test_x, test_y, final["probabilities"], result.history)
     return {"test_accuracy": final["accuracy"], "test_loss": final["loss"],
-            "train_loss": result.history[-1]["train_loss"], "train_time_s": round(train_time, 2),
+            "train_loss": result.history[-1]["train_loss"],
             "misclassified": int((predicted != test_y).sum())}
 
 
