@@ -41,10 +41,10 @@ def measure(only: set[str] | None = None) -> dict[str, dict]:
     """{experiment (or "consumer from producer"): metrics}; `only` limits it to those experiments (their
     producers run too, unrecorded)."""
     import pytest
-
     from conftest import generated_data_for_every_experiment, run_quick
-    from dlclassics import registry
     from test_smoke_all import NEEDS_A_RUN, PRODUCERS
+
+    from dlclassics import registry
 
     results: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as tmp, pytest.MonkeyPatch.context() as monkeypatch:

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import unchecked
+
 from dlclassics.data import registry
 
 

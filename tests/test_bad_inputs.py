@@ -15,8 +15,8 @@ from types import ModuleType
 
 import pytest
 import torch
-
 from conftest import file_digests
+
 from dlclassics.cli import main
 from dlclassics.models.energy import EnergyRegressor
 

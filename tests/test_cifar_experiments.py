@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from cifar_files import generated_spec, use_spec, write_layouts
 from conftest import run_quick
+
 from dlclassics.data import cifar
 from dlclassics.experiments import cifar_cnn, cifar_lenet_search
 from dlclassics.models.pixels import Pixels, channel_stats

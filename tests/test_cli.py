@@ -3,8 +3,8 @@
 import json
 
 import pytest
-
 from conftest import run_quick
+
 from dlclassics import registry
 from dlclassics.cli import main
 from dlclassics.config import BaseConfig, resolve

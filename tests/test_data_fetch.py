@@ -7,8 +7,8 @@ import threading
 from pathlib import Path
 
 import pytest
-
 from conftest import write_image_dataset
+
 from dlclassics.cli import main
 from dlclassics.data import fetch, registry
 from dlclassics.data.idx import read_payload
@@ -75,7 +75,7 @@ def test_fetch_downloads_verifies_and_renames(checked_mnist, tmp_path, monkeypat
     assert registry.status("mnist")[1][0].state == "ok"
 
 
-def test_html_error_page_is_recognised():
+def test_html_error_page_is_recognised(tmp_path):
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self):
             self.send_response(200)
@@ -90,7 +90,7 @@ def test_html_error_page_is_recognised():
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         with pytest.raises(RunError, match="HTML page"):
-            fetch.download(f"http://127.0.0.1:{server.server_port}/x.gz")
+            fetch.download_to(f"http://127.0.0.1:{server.server_port}/x.gz", tmp_path / "x.gz", 1 << 20)
     finally:
         server.shutdown()
 

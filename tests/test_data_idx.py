@@ -6,10 +6,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import SHARED_DATASETS
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import SHARED_DATASETS
 from dlclassics.data import images, registry
 from dlclassics.data.idx import idx_bytes, parse_idx, read_idx, read_payload, write_idx
 from dlclassics.data.registry import DamagedFile

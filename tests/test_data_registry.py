@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import make_class_images, write_image_dataset
+
 from dlclassics.cli import main
 from dlclassics.data import images, registry
 from dlclassics.data.idx import idx_bytes, read_payload, write_idx

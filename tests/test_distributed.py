@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 import torch.multiprocessing as mp
+from conftest import interrupted_at_evaluation, run_quick
 from torch import nn
 
-from conftest import interrupted_at_evaluation, run_quick
 from dlclassics import distributed
 from dlclassics.cli import main
 from dlclassics.engine import fit, flat_parameters, make_optimizer, seed_everything
@@ -128,9 +128,10 @@ def test_threads_are_set_and_recorded_in_config_json(image_data_dir, tmp_path, m
 
 
 @pytest.mark.parametrize("argv, needle", [
-    (["--nproc", "0"], "--nproc must be at least 1"),
+    (["--nproc", "0"], "--nproc: expects an integer from 1 to 1024"),
+    (["--nproc", "100000"], "--nproc: expects an integer from 1 to 1024"),
     (["--nproc", "2", "--workers", "2"], "leave them out"),
-    (["--threads", "0"], "--threads must be at least 1"),
+    (["--threads", "0"], "--threads: expects an integer from 1 to 1024"),
 ])
 def test_process_options_are_checked(argv, needle, image_data_dir, tmp_path, capsys):
     code = main(["run", "mnist-mlp", "--quick", "--quiet", "--data-dir", str(image_data_dir),

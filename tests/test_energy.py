@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import run_quick
+
 from dlclassics.cli import main
 from dlclassics.data.energy_files import load_energy_data, save_energy_data
 from dlclassics.errors import RunError

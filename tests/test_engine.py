@@ -6,9 +6,9 @@ import sys
 
 import pytest
 import torch
+from conftest import interrupted_at_evaluation, run_quick
 from torch import nn
 
-from conftest import interrupted_at_evaluation, run_quick
 from dlclassics.cli import main
 from dlclassics.engine import (
     fit,

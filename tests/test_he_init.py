@@ -4,8 +4,8 @@ and He keeps the pre-activation variance flat across 50 layers where a fixed sma
 import json
 
 import torch
-
 from conftest import run_quick
+
 from dlclassics.experiments import he_init
 
 

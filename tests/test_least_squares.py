@@ -5,8 +5,8 @@ import json
 
 import pytest
 import torch
-
 from conftest import run_quick
+
 from dlclassics.data.linear_regression import make_linear_data
 from dlclassics.experiments.least_squares import (
     REFERENCES,

@@ -5,8 +5,9 @@ import json
 
 import pytest
 import torch
-
 from conftest import run_quick
+from ratings_data import ratings_data_dir  # noqa: F401 (fixture)
+
 from dlclassics.experiments.low_rank import (
     Config,
     als_solutions,
@@ -14,7 +15,6 @@ from dlclassics.experiments.low_rank import (
     randomized_against_full,
 )
 from dlclassics.methods.mf import single_threaded
-from ratings_data import ratings_data_dir  # noqa: F401 (fixture)
 
 
 @pytest.fixture(autouse=True)

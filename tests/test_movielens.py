@@ -11,8 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import SHARED_DATASETS, run_quick
+from ratings_data import mku_splits, movielens_lines, ratings_data_dir, write_movielens  # noqa: F401 (fixture)
+
 from dlclassics.cli import main
 from dlclassics.data import registry
 from dlclassics.data.ratings import (
@@ -36,7 +37,6 @@ from dlclassics.methods.mf import (
     rmse,
     single_threaded,
 )
-from ratings_data import mku_splits, movielens_lines, ratings_data_dir, write_movielens  # noqa: F401 (fixture)
 
 REAL = SHARED_DATASETS / "ml-100k"
 needs_real_data = pytest.mark.skipif(not (REAL / "u.data").is_file(),

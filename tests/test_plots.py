@@ -6,8 +6,8 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 import numpy as np
 import pytest
-
 from conftest import run_quick
+
 from dlclassics import plots
 from dlclassics.runs import Run
 

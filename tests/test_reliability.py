@@ -169,3 +169,169 @@ def test_resume_of_a_damaged_config_json_is_one_line(toy, tmp_path, capsys, reco
     assert _toy(tmp_path, "--resume", str(folder)) == 2
     _one_line(capsys)
     assert file_digests(folder) == before
+
+
+# ---------------------------------------------------------------- 8, 9, 15. data that silently differed
+
+def test_carve_test_is_refused_when_both_splits_exist(image_data_dir, tmp_path, capsys):
+    assert main(["run", "mnist-mlp", "--quick", "--quiet", "--data-dir", str(image_data_dir), "--carve-test", "0.2",
+                 "--out", str(tmp_path / "runs")]) == 2
+    assert "nothing to carve" in _one_line(capsys)
+    assert not (tmp_path / "runs" / "mnist-mlp").exists()
+
+
+@pytest.mark.parametrize("images, carve, needle", [(3, "1e-9", "leaves an empty test split"),
+                                                   (1, "0.5", "leaves an empty"),
+                                                   (0, "0.2", "holds no images")])
+def test_tiny_own_data_is_one_line(tmp_path, capsys, monkeypatch, images, carve, needle):
+    import numpy as np
+
+    from dlclassics.data import registry
+    from dlclassics.data.idx import write_idx
+
+    monkeypatch.setattr(registry, "SYSTEM_DIRS", ())
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    write_idx(folder / "t10k-images-idx3-ubyte", np.zeros((images, 28, 28), np.uint8))
+    write_idx(folder / "t10k-labels-idx1-ubyte", np.zeros(images, np.uint8))
+    assert main(["run", "mnist-mlp", "--quick", "--quiet", "--data-dir", str(folder), "--unverified",
+                 "--carve-test", carve, "--out", str(tmp_path / "runs")]) == 1
+    assert needle in _one_line(capsys)
+
+
+def test_integer_ids_beyond_float_precision_stay_distinct():
+    from dlclassics.data.ratings import parse_ratings
+
+    base = 2 ** 53
+    raw = parse_ratings("\n".join(f"{base + user}\t7\t{1 + user % 5}" for user in range(100)), "ratings.tsv")
+    assert len(set(raw.users.tolist())) == 100 and raw.users.dtype.kind == "i"
+    huge = parse_ratings("\n".join(f"{10 ** 30 + user}\t7\t3" for user in range(100)), "ratings.tsv")
+    assert len(set(huge.users.tolist())) == 100  # beyond int64: kept as distinct strings
+    assert parse_ratings("1.0\t2.0\t3\n2\t2\t4", "ratings.tsv").users.tolist() == [1, 2]
+
+
+# ---------------------------------------------------------------- 17, 18. data commands
+
+def test_data_status_reports_a_header_claiming_billions_as_damaged(tmp_path, capsys, monkeypatch):
+    import struct
+
+    from dlclassics.data import registry
+
+    monkeypatch.setattr(registry, "SYSTEM_DIRS", ())
+    folder = tmp_path / "mnist"
+    folder.mkdir()
+    (folder / "train-images-idx3-ubyte").write_bytes(struct.pack(">HBBIII", 0, 8, 3, 4_000_000_000, 60000, 60000))
+    (folder / "train-labels-idx1-ubyte").write_bytes(struct.pack(">HBBI", 0, 8, 1, 10) + bytes(10))
+    assert main(["data", "status", "mnist", "--data-dir", str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert "train  damaged" in out and "[4000000000, 60000, 60000]" in out
+
+
+def test_data_fetch_to_a_file_is_a_usage_error(tmp_path, capsys):
+    target = tmp_path / "a-file"
+    target.write_text("x")
+    assert main(["data", "fetch", "mnist", "--to", str(target / "inside")]) == 2
+    assert "--to" in _one_line(capsys) and target.read_text() == "x"
+
+
+def test_a_download_is_streamed_and_bounded(tmp_path, monkeypatch):
+    from dlclassics.data import fetch
+    from dlclassics.errors import RunError
+
+    body = tmp_path / "big.gz"
+    body.write_bytes(b"\x1f\x8b" + bytes(5 << 20))
+    with pytest.raises(RunError, match="longer than the official file can be"):
+        fetch.download_to(body.as_uri(), tmp_path / "copy", limit=1 << 20)
+    fetch.download_to(body.as_uri(), tmp_path / "copy", limit=10 << 20)
+    assert (tmp_path / "copy").read_bytes() == body.read_bytes()
+
+
+# ---------------------------------------------------------------- 20, 21. promises and messages
+
+def test_run_folders_and_the_site_are_readable_by_others_under_umask_077(toy, tmp_path):
+    import os
+    import stat
+
+    previous = os.umask(0o077)
+    try:
+        assert main(["run", "toy", "--out", str(tmp_path / "runs")]) == 0
+    finally:
+        os.umask(previous)
+    made = [path for path in (tmp_path / "runs").rglob("*") if not path.name.startswith(".")]
+    assert any(path.name == "index.html" for path in made)
+    for path in made:
+        mode = stat.S_IMODE(path.stat().st_mode)
+        assert mode == (0o755 if path.is_dir() else 0o644), (path, oct(mode))
+
+
+def test_sigterm_ends_a_run_like_ctrl_c(toy, tmp_path, capsys):
+    import os
+    import signal
+
+    toy.FAIL = lambda: os.kill(os.getpid(), signal.SIGTERM)
+    assert _toy(tmp_path) == 1
+    assert "interrupted; continue with: dlclassics run toy" in _one_line(capsys)
+    (folder,) = (tmp_path / "toy").iterdir()
+    assert folder.name.endswith(INCOMPLETE)
+    assert signal.getsignal(signal.SIGTERM) is not None and not callable(getattr(signal.getsignal(signal.SIGTERM),
+                                                                                 "__self__", None))
+
+
+@pytest.mark.parametrize("flag", ["--data-dir", "ratings_file"])
+def test_a_file_where_a_folder_is_expected_and_back_says_what_it_is(tmp_path, capsys, flag):
+    if flag == "--data-dir":
+        target = tmp_path / "file"
+        target.write_text("x")
+        argv = ["mnist-mlp", "--data-dir", str(target)]
+        needle = "is a file, not a folder"
+    else:
+        argv = ["movielens", "--set", f"ratings_file={tmp_path}"]
+        needle = "is not a regular file"
+    assert main(["run", *argv, "--quick", "--out", str(tmp_path / "runs")]) == 2
+    assert needle in _one_line(capsys)
+
+
+def test_config_on_a_fifo_is_refused_without_blocking(tmp_path, capsys):
+    import os
+
+    fifo = tmp_path / "config.toml"
+    os.mkfifo(fifo)
+    assert main(["run", "mnist-mlp", "--config", str(fifo), "--out", str(tmp_path / "runs")]) == 2
+    assert "is not a regular file" in _one_line(capsys)
+
+
+def test_a_missing_database_driver_names_the_package(monkeypatch):
+    import sys
+
+    from dlclassics import sweep
+    from dlclassics.errors import UsageError
+
+    monkeypatch.setitem(sys.modules, "psycopg2", None)
+    with pytest.raises(UsageError, match=r"needs a database driver .* pip install 'dlclassics\[postgres\]'"):
+        sweep.open_storage("postgresql://user:secret@127.0.0.1:1/optuna", Path("."))
+
+
+def test_a_full_disk_names_the_file(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    from dlclassics.files import atomic_write_text
+
+    class FullDisk:
+        def __init__(self, fd, mode):
+            os.close(fd)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def write(self, data):
+            raise OSError(errno.ENOSPC, "No space left on device")  # as the kernel says it: no file named
+
+    monkeypatch.setattr(os, "fdopen", FullDisk)
+    with pytest.raises(OSError) as raised:
+        atomic_write_text(tmp_path / "metrics.json", "{}" * 100_000)
+    assert raised.value.filename == str(tmp_path / "metrics.json")
+    assert not list(tmp_path.iterdir())  # no temporary file left

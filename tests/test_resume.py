@@ -9,8 +9,8 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import file_digests
+
 from dlclassics.cli import main
 from dlclassics.errors import RunError
 from dlclassics.runs.folder import INCOMPLETE, LOCK

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import run_quick
+
 from dlclassics import engine, files, registry
 from dlclassics.cli import main
 from dlclassics.errors import RunError, UsageError

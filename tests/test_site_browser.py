@@ -14,8 +14,8 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 import pytest
-
 from conftest import run_quick, write_image_dataset
+
 from dlclassics import site
 from dlclassics.files import atomic_write_json
 

@@ -11,8 +11,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-
 from conftest import generated_data_for_every_experiment, run_quick
+
 from dlclassics import registry
 
 # experiment -> the experiment whose finished run it reads with --from-run

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import optuna
 import pytest
-
 import sweep_toy
 from conftest import run_quick
+
 from dlclassics import sweep
 from dlclassics.cli import main
 from dlclassics.errors import RunError, UsageError

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from text_files import GROUPS, POST, man_tree, news_archive
 
 from dlclassics.cli import main
 from dlclassics.data import fetch, registry, text
 from dlclassics.data.registry import DamagedFile, UnofficialFile
 from dlclassics.errors import RunError, UsageError
-from text_files import GROUPS, POST, man_tree, news_archive
 
 
 @pytest.fixture

@@ -7,9 +7,12 @@ so are Ctrl-C and the operating system's refusals (a path that cannot be read or
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import signal
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +23,7 @@ from dlclassics.errors import RunError, UsageError
 
 DEFAULT_RUNS = Path("runs")
 MAX_WORKERS = 64  # local processes; more is a typo, not a machine this runs on
+MAX_PROCESSES = 1024  # --nproc (training processes on this machine) and --threads per process
 
 
 class _Parser(argparse.ArgumentParser):
@@ -65,9 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="continue an interrupted run (default: the latest incomplete one)")
     run.add_argument("--workers", type=bounded_int(1, MAX_WORKERS), default=1,
                      help=f"local processes for hyperparameter searches (1 to {MAX_WORKERS})")
-    run.add_argument("--nproc", type=int, default=1, metavar="N",
+    run.add_argument("--nproc", type=bounded_int(1, MAX_PROCESSES), default=1, metavar="N",
                      help="train on N local processes with DistributedDataParallel (under torchrun, leave it out)")
-    run.add_argument("--threads", type=int, metavar="N",
+    run.add_argument("--threads", type=bounded_int(1, MAX_PROCESSES), metavar="N",
                      help="torch threads per process (default: the cores divided by the local processes)")
     run.add_argument("--storage", help="Optuna database URL shared by workers on many machines")
     run.add_argument("--study", metavar="NAME",
@@ -153,6 +157,27 @@ def command_list(args: argparse.Namespace) -> int:
 
 
 def command_run(args: argparse.Namespace) -> int:
+    with terminate_as_interrupt():
+        return run_command(args)
+
+
+@contextlib.contextmanager
+def terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM (a scheduler's or `kill`'s stop) ends a run as Ctrl-C does: one line, and a resumable folder."""
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+    try:
+        previous = signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not the main thread (a notebook's worker thread): leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def run_command(args: argparse.Namespace) -> int:
     from dlclassics.runs import session
 
     shortcuts = {name: getattr(args, name) for name in ("dataset", "epochs", "seed", "device", "weights")

@@ -166,8 +166,11 @@ def parse_assignments(pairs: list[str]) -> dict[str, str]:
 
 def load_toml(path: Path) -> dict[str, Any]:
     """A flat TOML table of option values (a `[config]` table is accepted too)."""
+    path = Path(path)
+    if path.exists() and not path.is_dir() and not path.is_file():  # a FIFO or device would block the read
+        raise UsageError(f"config file {path} is not a regular file; pass a TOML file of option values")
     try:
-        data = tomllib.loads(Path(path).read_text())
+        data = tomllib.loads(path.read_text())
     except FileNotFoundError:
         raise UsageError(f"config file {path} does not exist") from None
     except IsADirectoryError:

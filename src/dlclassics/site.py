@@ -40,6 +40,7 @@ from markupsafe import Markup, escape
 
 from dlclassics import __version__, registry
 from dlclassics.errors import UsageError
+from dlclassics.files import atomic_write_bytes, atomic_write_text, make_dirs
 from dlclassics.runs import CONFIG, HISTORY, METRICS
 from dlclassics.runs.folder import INCOMPLETE, REPORT, REPORT_PARTS
 from dlclassics.runs.report import format_number
@@ -414,24 +415,23 @@ def write_site(runs: Sequence[RunInfo], runs_root: Path, staging: Path, previous
     experiments = [{"id": experiment, "title": title_of(experiment), "runs": len(its_runs)}
                    for experiment, its_runs in sorted(by_experiment.items())]
     _render(env, "index.html", staging / "index.html", root="", runs=runs, experiments=experiments, **common)
-    (staging / "assets").mkdir()
     for asset in ASSETS:
-        (staging / "assets" / asset).write_bytes(template_file(asset).read_bytes())
+        atomic_write_bytes(staging / "assets" / asset, template_file(asset).read_bytes())
     manifest = {"generator": GENERATOR, "fingerprint": code_fingerprint(),
                 "runs": {run.key: {"signature": run.signature, "recipe": run.recipe} for run in runs}}
-    (staging / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
+    atomic_write_text(staging / MANIFEST, json.dumps(manifest, indent=1) + "\n")
 
 
 def write_run_page(env: jinja2.Environment, run: RunInfo, page_dir: Path, common: Mapping[str, Any]) -> None:
     """The run's page, with its files linked beside it so that every link on the page resolves."""
-    page_dir.mkdir(parents=True)
+    make_dirs(page_dir)
     shown_files = [name for name in RUN_FILES if (run.folder / name).is_file()]
     for name in shown_files:
         _link_or_copy(run.folder / name, page_dir / name)
     run_figures = figures(run)
     for figure in run_figures:
         for name in (figure["src"], *figure["data"]):
-            (page_dir / "figures").mkdir(exist_ok=True)
+            make_dirs(page_dir / "figures")
             _link_or_copy(run.folder / name, page_dir / name)
     _render(env, "run.html", page_dir / "index.html", root="../../../", run=run, title=title_of(run.experiment),
             figures=run_figures, history=history_charts(run.folder / HISTORY), files=shown_files,
@@ -492,7 +492,7 @@ def _link_tree(source: Path, target: Path) -> None:
     for path in sorted(source.rglob("*")):
         if path.is_dir():
             continue
-        (target / path.relative_to(source)).parent.mkdir(parents=True, exist_ok=True)
+        make_dirs((target / path.relative_to(source)).parent)
         _link_or_copy(path, target / path.relative_to(source))
 
 
@@ -514,8 +514,7 @@ def environment() -> jinja2.Environment:
 
 
 def _render(env: jinja2.Environment, template: str, path: Path, **context: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(env.get_template(template).render(**context), encoding="utf-8")
+    atomic_write_text(path, env.get_template(template).render(**context))
 
 
 @functools.cache

@@ -155,7 +155,10 @@ def open_storage(url: str | None, folder: Path) -> optuna.storages.BaseStorage:
                 url, engine_kwargs={"pool_size": 2, "max_overflow": 2, "pool_pre_ping": True},
                 heartbeat_interval=HEARTBEAT_SECONDS, grace_period=GRACE_SECONDS,
                 heartbeat_stale_trial_callback=_queue_again)
-    except Exception as exc:  # driver missing, server down, bad credentials: all reach the user as one line
+    except ImportError as exc:  # SQLAlchemy found no driver for the URL's database
+        raise UsageError(f"--storage {masked_url(url)} needs a database driver that is not installed "
+                         f"({exc.name or exc}): pip install 'dlclassics[postgres]' for PostgreSQL (psycopg2)") from None
+    except Exception as exc:  # server down, bad credentials: all reach the user as one line
         reason = without_password(str(exc).splitlines()[0], url)
         raise RunError(f"cannot open the study storage {masked_url(url)}: {reason}") from None
 

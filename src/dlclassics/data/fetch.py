@@ -38,29 +38,16 @@ from dlclassics.data.registry import (
     file_path,
     read_verified,
 )
-from dlclassics.errors import RunError
+from dlclassics.errors import RunError, UsageError
 
 TIMEOUT_SECONDS = 30
-MAX_ARCHIVE_BYTES = 1 << 32  # an archive without a published size, and what any archive may unpack to
+MAX_ARCHIVE_BYTES = 1 << 32  # a download without a published size, and what any archive may unpack to
 CHUNK_BYTES = 1 << 20
 
 
 def mirrors_for(spec: DatasetSpec) -> list[str]:
     override = os.environ.get("DLCLASSICS_MIRROR")
     return ([override] if override else []) + list(spec.mirrors)
-
-
-def download(url: str) -> bytes:
-    """The body at `url`; RunError for network failures and HTML error pages."""
-    try:
-        with urllib.request.urlopen(url, timeout=TIMEOUT_SECONDS) as response:
-            body = response.read()
-            content_type = response.headers.get("Content-Type", "") or ""
-    except (urllib.error.URLError, TimeoutError, OSError) as exc:
-        raise RunError(f"{url}: {getattr(exc, 'reason', exc)}") from None
-    if is_html(content_type, body):
-        raise RunError(f"{url}: the server sent an HTML page, not the data file")
-    return body
 
 
 def is_html(content_type: str, head: bytes) -> bool:
@@ -80,15 +67,12 @@ def already_verified(spec: DatasetSpec, folder: Path, entry: DataFile) -> bool:
 
 
 def _download_verified(spec: DatasetSpec, folder: Path, entry: DataFile, url: str) -> None:
-    keep_verified(spec, folder, entry, download(url))
-
-
-def keep_verified(spec: DatasetSpec, folder: Path, entry: DataFile, body: bytes) -> None:
-    """Write `body` to a temporary file in `folder`, verify it, then rename it to `<name>.gz`."""
+    """Stream `url` to a temporary file in `folder` (never the whole body in memory), verify it, then rename
+    it to `<name>.gz`; on any failure only the temporary file goes."""
     fd, temporary = tempfile.mkstemp(dir=folder, prefix=f".{entry.name}.", suffix=".part")
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(body)
+        download_to(url, Path(temporary), MAX_ARCHIVE_BYTES)
         read_verified(spec, Path(temporary), entry)
         os.chmod(temporary, 0o644)
         os.replace(temporary, folder / f"{entry.name}.gz")
@@ -122,10 +106,12 @@ def fetch(name: str, target: Path | None = None) -> Path:
 
 
 def _writable(folder: Path) -> Path:
+    """`folder`, created if needed; one that cannot be (a file there, no permission) is a usage error."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise RunError(f"cannot create {folder} ({exc.strerror}); pass --to a writable folder") from None
+        raise UsageError(f"--to {folder}: cannot create a folder there ({exc.strerror}); pass --to a writable "
+                         "folder") from None
     return folder
 
 
@@ -171,12 +157,12 @@ def download_to(url: str, path: Path, limit: int) -> None:
         with urllib.request.urlopen(url, timeout=TIMEOUT_SECONDS) as response, open(path, "wb") as handle:
             chunk = response.read(CHUNK_BYTES)
             if is_html(response.headers.get("Content-Type", "") or "", chunk):
-                raise RunError(f"{url}: the server sent an HTML page, not the archive")
+                raise RunError(f"{url}: the server sent an HTML page, not the data file")
             written = 0
             while chunk:
                 written += len(chunk)
                 if written > limit:
-                    raise RunError(f"{url}: longer than the official archive ({limit:,} bytes)")
+                    raise RunError(f"{url}: longer than the official file can be ({limit:,} bytes)")
                 handle.write(chunk)
                 chunk = response.read(CHUNK_BYTES)
     except (urllib.error.URLError, TimeoutError, OSError) as exc:

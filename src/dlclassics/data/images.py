@@ -24,7 +24,7 @@ from dlclassics.data.registry import (
     register,
     require_folder,
 )
-from dlclassics.errors import RunError
+from dlclassics.errors import RunError, UsageError
 
 if TYPE_CHECKING:  # torch is imported where data is loaded, so that listing the datasets stays cheap
     import torch
@@ -145,6 +145,8 @@ def _load_split(spec: ImageDatasetSpec, folder: Path, split: str,
     tensors = {entry.role: read_verified(spec, file_path(folder, entry), entry, unverified)
                for entry in spec.files if entry.split == split}
     images, labels = tensors["images"], tensors["labels"].long()
+    if len(images) == 0:
+        raise RunError(f"{folder}: the {split} split of '{spec.name}' holds no images")
     if len(images) != len(labels):
         raise RunError(f"{folder}: the {split} images ({len(images)}) and labels ({len(labels)}) differ in number")
     if len(labels) and int(labels.max()) >= len(spec.classes):
@@ -161,6 +163,9 @@ def _load(spec: ImageDatasetSpec, folder: Path, carve_test: float, unverified: b
         notes.append(f"data: unverified, not comparable (files in {folder} were not checked against the "
                      f"official '{spec.name}' checksums)")
     if present == list(spec.splits):
+        if carve_test:
+            raise UsageError(f"--carve-test {carve_test:g}: {folder} holds both splits of '{spec.name}', so there is "
+                             "nothing to carve (its own test split is used); drop --carve-test")
         train, test = (_load_split(spec, folder, s, unverified) for s in ("train", "test"))
         return ImageData(spec.name, spec.classes, *train, *test, source=str(folder), comparable=not unverified,
                          note="; ".join(notes), **shape)
@@ -175,6 +180,9 @@ def _load(spec: ImageDatasetSpec, folder: Path, carve_test: float, unverified: b
     images, labels = _load_split(spec, folder, present[0], unverified)
     order = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))
     n_test = int(round(carve_test * len(images)))
+    if not 1 <= n_test < len(images):
+        raise RunError(f"--carve-test {carve_test:g} of the {len(images):,} images in {folder} leaves an empty "
+                       f"{'test' if n_test < 1 else 'training'} split; choose a fraction that keeps images on both sides")
     test_idx, train_idx = order[:n_test], order[n_test:]
     notes.append(f"train/test carved from the {present[0]} split only ({len(train_idx)}/{n_test}, fraction "
                  f"{carve_test}); numbers are not comparable with the source's")

@@ -163,17 +163,24 @@ def parse_ratings(text: str, source: str, separator: str = "") -> RawRatings:
 
 
 def _columns(body: str, options: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(users, items, values) read by numpy: integer ids as int64, other ids as strings."""
+    """(users, items, values) read by numpy: integer ids as int64 (read as integers, never through a
+    float, which would merge ids above 2^53), ids written as whole floats ("12.0") as int64 too, other
+    ids as strings."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # "input contained no data": a header alone, refused later
+        values = np.loadtxt(io.StringIO(body), dtype=np.float64, usecols=(2,), **options)[:, 0]
         try:
-            users, items, values = np.loadtxt(io.StringIO(body), dtype=np.float64, usecols=(0, 1, 2), **options).T
-            if np.array_equal(users, np.round(users)) and np.array_equal(items, np.round(items)):
-                return users.astype(np.int64), items.astype(np.int64), values
-        except ValueError:  # ids that are not numbers, or a bad line (then the reads below fail too)
+            ids = np.loadtxt(io.StringIO(body), dtype=np.int64, usecols=(0, 1), **options)
+            return ids[:, 0], ids[:, 1], values
+        except (ValueError, OverflowError):  # ids that are not integers, or beyond int64
+            pass
+        try:
+            ids = np.loadtxt(io.StringIO(body), dtype=np.float64, usecols=(0, 1), **options)
+            if np.array_equal(ids, np.round(ids)) and np.abs(ids).max(initial=0) < 2 ** 53:
+                return ids[:, 0].astype(np.int64), ids[:, 1].astype(np.int64), values
+        except ValueError:
             pass
         ids = np.loadtxt(io.StringIO(body), dtype=str, usecols=(0, 1), **options)
-        values = np.loadtxt(io.StringIO(body), dtype=np.float64, usecols=(2,), **options)[:, 0]
         return ids[:, 0], ids[:, 1], values
 
 
@@ -344,7 +351,8 @@ def read_ratings_file(path: Path, separator: str = "auto", scale: tuple[float, f
 
     path = Path(path).expanduser()
     if not path.is_file():
-        raise UsageError(f"ratings_file {path} does not exist; pass a CSV or TSV of user,item,rating[,timestamp]")
+        what = "is not a regular file" if path.exists() else "does not exist"
+        raise UsageError(f"ratings_file {path} {what}; pass a CSV or TSV of user,item,rating[,timestamp]")
     try:
         text, _ = read_text(path, MAX_FILE_BYTES)
     except PermissionError:

@@ -180,7 +180,8 @@ def find_folder(spec: DatasetSpec, data_dir: Path | None) -> Path | None:
     if explicit is not None:
         root, flag = explicit
         if not root.is_dir():
-            raise UsageError(f"{flag} {root} does not exist; pass the folder that holds the '{spec.name}' files")
+            what = "is a file, not a folder" if root.exists() else "does not exist"
+            raise UsageError(f"{flag} {root} {what}; pass the folder that holds the '{spec.name}' files")
         wanted = ", ".join(entry.name for entry in spec.files)
         raise UsageError(f"{flag} {root} holds none of the '{spec.name}' files (looked for {wanted}[.gz] in "
                          f"{', '.join(map(str, candidate_dirs(spec, data_dir)))}); {spec.install_hint}")
@@ -258,6 +259,6 @@ def status(name: str, data_dir: Path | None = None) -> tuple[Path | None, list[S
             report.append(SplitStatus(split, "ok", str(folder)))
         except UnofficialFile as exc:
             report.append(SplitStatus(split, "unofficial", str(exc)))
-        except DamagedFile as exc:
+        except RunError as exc:  # damaged, or not readable as this format at all (a header claiming 4e9 images)
             report.append(SplitStatus(split, "damaged", str(exc)))
     return folder, report

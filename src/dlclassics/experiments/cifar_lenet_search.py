@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import time
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +28,16 @@ import torch
 from torch import nn
 
 from dlclassics import plots, sweep
-from dlclassics.config import BaseConfig, option, resolve
+from dlclassics.config import (
+    BaseConfig,
+    batch_size_option,
+    dataset_option,
+    epochs_option,
+    limit_option,
+    lr_option,
+    option,
+    resolve,
+)
 from dlclassics.data import cifar
 from dlclassics.data.cifar import cifar_datasets
 from dlclassics.data.images import ImageData
@@ -46,6 +54,7 @@ from dlclassics.engine import (
 from dlclassics.files import atomic_torch_save, atomic_write_csv
 from dlclassics.models.pixels import Pixels, channel_stats
 from dlclassics.runs import Reference, Run, markdown_table
+from dlclassics.training.search import search_on_run
 
 TITLE = "LeNet-style CNN on CIFAR-10: random search over its widths (S2 CIFAR-10 d)"
 
@@ -55,13 +64,13 @@ SPACE = {"o1": (100, 199), "o2": (100, 199), "o3": (60, 199), "o4": (40, 199)}
 
 @dataclasses.dataclass(frozen=True)
 class Config(BaseConfig):
-    dataset: str = option("cifar10", "CIFAR-10, or a grey stand-in padded to 32x32 (not comparable)",
-                          choices=cifar_datasets)
+    dataset: str = dataset_option("cifar10", cifar_datasets,
+                                  "CIFAR-10, or a grey stand-in padded to 32x32 (not comparable)")
     trials: int = option(20, "configurations drawn by the search", low=1)
     sampler: str = option("random", "random search (the source's) or TPE", choices=("random", "tpe"))
-    epochs: int = option(3, "training epochs per configuration", low=1)
-    batch_size: int = option(64, "minibatch size", low=1)
-    lr: float = option(0.02, "SGD learning rate", low=0.0, low_open=True)
+    epochs: int = epochs_option(3, "training epochs per configuration")
+    batch_size: int = batch_size_option(64)
+    lr: float = lr_option(0.02, "SGD learning rate")
     momentum: float = option(0.9, "SGD momentum", low=0.0, high=0.999)
     nesterov: bool = option(True, "Nesterov momentum")
     cosine: bool = option(True, "cosine learning-rate decay over each training")
@@ -69,7 +78,7 @@ class Config(BaseConfig):
                                      "source's mean/std 0.5")
     val_fraction: float = option(0.2, "share of the training split held out for selection", low=0.0, high=0.5,
                                  low_open=True)
-    limit: int = option(0, "use only the first N training images (0 = all)", low=0)
+    limit: int = limit_option()
 
 
 RECIPES = {"seed": {"epochs": 10, "batch_size": 4, "lr": 0.001, "nesterov": False, "cosine": False,
@@ -165,20 +174,17 @@ class Trials:
 
 
 def run(cfg: Config, run: Run) -> dict[str, Any]:
-    data = cifar.load_for_run(run, cfg.dataset)  # checks the data (and notes it) before any worker starts
+    data = run.load_images(cfg.dataset, cifar.load)  # checks the data (and notes it) before any worker starts
     trials = Trials(run.dir / "trials")
     payload = {"config": dataclasses.asdict(cfg), "data_dir": str(run.data_dir) if run.data_dir else None,
                "carve_test": run.carve_test, "unverified": run.unverified, "trials_dir": str(trials.folder)}
     prepared = prepare(cfg, data)
-    own = sweep.own_study_name(run.experiment, run.run_id)
-    place = sweep.StudyPlace(run.study or own, run.dir, run.storage, join=(run.study or own) != own)
     signature = {"space": {name: list(bounds) for name, bounds in SPACE.items()},
                  **{k: v for k, v in payload["config"].items() if k != "device"}}
     plan = sweep.Search(cfg.trials, signature, sampler=cfg.sampler, seed=cfg.seed, metric="validation accuracy")
-    started = time.perf_counter()
-    study = sweep.optimize(objective(cfg, prepared, trials), plan, place, workers=run.workers,
-                           worker_objective=sweep.WorkerObjective(worker_objective, payload), quiet=run.quiet)
-    search_time = time.perf_counter() - started
+    with run.timer("search_time_s"):
+        study = search_on_run(run, objective(cfg, prepared, trials), plan,
+                              sweep.WorkerObjective(worker_objective, payload))
     rows = sweep.trial_rows(study)
     best = sweep.best_trial(study)
     best_index = sweep.trial_index(best)
@@ -195,7 +201,7 @@ def run(cfg: Config, run: Run) -> dict[str, Any]:
     return {"test_accuracy": test["accuracy"], "test_loss": test["loss"], "best_val_accuracy": best.value,
             "train_accuracy": best.user_attrs["train_accuracy"],
             "best_config": ", ".join(f"{name} {best.params[name]}" for name in SPACE),
-            "trials": len(rows), "search_time_s": round(search_time, 2)}
+            "trials": len(rows)}
 
 
 def save_outputs(run: Run, rows: list[dict[str, Any]], histories: dict[int, list[dict[str, float]]],

@@ -11,7 +11,7 @@ The report sets this run's test accuracy beside fashion-mlp's on the same data a
 finished fashion-mlp run (`--from-run`), or else fashion-mlp's recipe trained here first (the same
 numbers as `dlclassics run fashion-mlp` with the same seed). The tuned recipe searches wider networks
 with momentum SGD and a cosine schedule on a short per-trial budget (goal: test accuracy >= 0.895).
-The search machinery is `dlclassics.mlp_search`, shared with `fashion-mlp`.
+The search machinery, and fashion-mlp's search the baseline repeats, are in `dlclassics.training.mlp_search`.
 
     dlclassics run fashion-mlp-enhanced                                     # tuned, baseline trained here
     dlclassics run fashion-mlp-enhanced --from-run runs/fashion-mlp/<run>   # compare with a finished run
@@ -25,13 +25,12 @@ from typing import Any
 
 import torch
 
-from dlclassics import mlp_search, plots
-from dlclassics.config import option, resolve
-from dlclassics.data.images import load_for_run
+from dlclassics import plots
+from dlclassics.config import epochs_option, option, resolve
 from dlclassics.errors import UsageError
-from dlclassics.experiments import fashion_mlp
 from dlclassics.files import atomic_write_csv
 from dlclassics.runs import METRICS, Reference, Run, Upstream, markdown_table
+from dlclassics.training import mlp_search
 
 TITLE = "Fashion-MNIST MLP with BatchNorm, Dropout and other activations, against fashion-mlp (S1 Problem 2.4)"
 
@@ -53,7 +52,7 @@ class Config(mlp_search.SearchConfig):
     SPACES = SEARCH_SPACES
     space: str = option("tuned", "search space: the source's grid or ours", choices=tuple(SEARCH_SPACES))
     trials: int = option(15, "configurations tried by the search (15 in the source)", low=1)
-    epochs: int = option(30, "epochs of the retraining on train+val", low=1)
+    epochs: int = epochs_option(30, "epochs of the retraining on train+val")
     baseline: str = option("tuned", "fashion-mlp recipe trained here for the comparison (without --from-run)",
                            choices=("seed", "tuned"))
 
@@ -75,7 +74,7 @@ REFERENCES = [
 
 
 def run(cfg: Config, run: Run) -> dict[str, Any]:
-    images = load_for_run(run, cfg.dataset)  # checks the data and notes its source before any work starts
+    images = run.load_images(cfg.dataset)  # checks the data and notes its source before any work starts
     data = mlp_search.prepared_data(cfg, images, run.device)
 
     # 1. The baseline: fashion-mlp on the same data and split, finished earlier or trained here.
@@ -105,9 +104,10 @@ def run(cfg: Config, run: Run) -> dict[str, Any]:
 
 def trained_baseline(cfg: Config, run: Run, data: dict[str, torch.Tensor]) -> dict[str, Any]:
     """fashion-mlp's recipe `cfg.baseline` on this run's data fields, searched and retrained here."""
-    layers = [fashion_mlp.RECIPES[cfg.baseline], fashion_mlp.QUICK if cfg.quick else {},
+    layers = [mlp_search.FASHION_MLP_RECIPES[cfg.baseline],
+              mlp_search.FASHION_MLP_QUICK if cfg.quick else {},
               {name: getattr(cfg, name) for name in mlp_search.DATA_FIELDS}]
-    baseline_cfg = resolve(fashion_mlp.Config, *layers)
+    baseline_cfg = resolve(mlp_search.FashionMlpConfig, *layers)
     space = baseline_cfg.search_space()
     outcome = mlp_search.search_and_retrain(baseline_cfg, run, data, space, study_suffix="-baseline",
                                             checkpoint=run.dir / "baseline-checkpoint.pt")

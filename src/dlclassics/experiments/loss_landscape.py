@@ -27,39 +27,33 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from dlclassics.config import BaseConfig, option
-from dlclassics.data.images import image_datasets, load_for_run
+from dlclassics.config import BaseConfig, batch_size_option, dataset_option, epochs_option, lr_option, option
+from dlclassics.data.images import image_datasets
 from dlclassics.data.transforms import flat_float, subsample
-from dlclassics.engine import (
-    evaluate_classifier,
-    fit,
-    flat_parameters,
-    make_optimizer,
-    seed_everything,
-)
+from dlclassics.engine import evaluate_classifier, flat_parameters, make_optimizer
 from dlclassics.errors import RunError
-from dlclassics.experiments import fashion_mlp
-from dlclassics.files import atomic_torch_save, load_tensor_file
+from dlclassics.files import load_tensor_file
 from dlclassics.methods import landscape
 from dlclassics.models.mlp import ACTIVATIONS, mlp
 from dlclassics.runs import FinishedRun, Reference, Run, Upstream
+from dlclassics.runs.products import TRAJECTORY
+from dlclassics.training.mlp_search import save_trajectory
 
 TITLE = "Loss landscape around the SGD trajectory of the Fashion-MNIST MLP (S1 Problem 3)"
 
 # Trained here, the trajectory is written under fashion-mlp's name and format, so either run can be a --from-run.
-TRAJECTORY = fashion_mlp.TRAJECTORY
 FROM_RUN = Upstream(("fashion-mlp", "loss-landscape"), files=(TRAJECTORY,))
 
 
 @dataclasses.dataclass(frozen=True)
 class Config(BaseConfig):
-    dataset: str = option("fashion-mnist", "image dataset (a --from-run run's own dataset wins)",
-                          choices=image_datasets)
+    dataset: str = dataset_option("fashion-mnist", image_datasets,
+                                  "image dataset (a --from-run run's own dataset wins)")
     hidden: tuple[int, ...] = option((40, 40, 40), "hidden widths of the MLP trained without --from-run", low=1)
-    lr: float = option(0.01, "SGD learning rate (without --from-run)", low=0.0, low_open=True)
-    batch_size: int = option(16, "SGD minibatch size (without --from-run)", low=1)
+    lr: float = lr_option(0.01, "SGD learning rate (without --from-run)")
+    batch_size: int = batch_size_option(16, "SGD minibatch size (without --from-run)")
     weight_decay: float = option(1e-3, "L2 strength on weight matrices (without --from-run)", low=0.0)
-    epochs: int = option(10, "training epochs = trajectory points - 1 (without --from-run)", low=1)
+    epochs: int = epochs_option(10, "training epochs = trajectory points - 1 (without --from-run)")
     limit: int = option(0, "train on the first N training images only (0 = all)", low=0)
     subset: int = option(2500, "training examples the loss is measured on", low=10)
     grid: int = option(25, "grid points per axis", low=3)
@@ -107,30 +101,25 @@ def read_trajectory(path: Path) -> dict[str, Any]:
 
 
 def run(cfg: Config, run: Run) -> dict[str, Any]:
-    generator = seed_everything(cfg.seed)
     source = load_trajectory(run.from_run) if run.from_run else None
     dataset = (source or {}).get("dataset") or cfg.dataset
-    data = load_for_run(run, dataset)
+    data = run.load_images(dataset)
     # S1: pixels / 255 - 0.5, flattened; the landscape is measured on the training split.
-    train_x, train_y = subsample(flat_float(data.train_x, 0.5), data.train_y, cfg.limit)
-    train_x, train_y = train_x.to(run.device), train_y.to(run.device)
+    train_x, train_y = run.to_device(*subsample(flat_float(data.train_x, 0.5), data.train_y, cfg.limit))
 
     if source is not None:
         model = mlp(784, list(source["hidden"]), 10, source["activation"]).to(run.device)
         trajectory = source["parameters"].float()
         run.note(f"trajectory: {len(trajectory)} points from {run.from_run.folder}")
-        train_time = 0.0
     else:
         model = mlp(784, list(cfg.hidden), 10).to(run.device)
         initial = flat_parameters(model)
-        started = time.perf_counter()
-        result = fit(model, (train_x, train_y), optimizer=make_optimizer("sgd", model, cfg.lr, cfg.weight_decay),
-                     epochs=cfg.epochs, batch_size=cfg.batch_size, generator=generator,
-                     snapshot_parameters=True, quiet=run.quiet, desc=run.experiment)
-        train_time = time.perf_counter() - started
+        with run.timer("train_time_s"):
+            optimizer = make_optimizer("sgd", model, cfg.lr, cfg.weight_decay)
+            result = run.fit(model, (train_x, train_y), optimizer=optimizer, epochs=cfg.epochs,
+                             batch_size=cfg.batch_size, snapshot_parameters=True)
         trajectory = torch.stack([initial, *result.snapshots])  # [epochs + 1, P]
-        atomic_torch_save(run.dir / TRAJECTORY, {"parameters": trajectory, "hidden": list(cfg.hidden),
-                                                 "activation": "relu"})
+        save_trajectory(run.dir / TRAJECTORY, trajectory, list(cfg.hidden), "relu")
         run.note(f"trajectory: trained here, {cfg.epochs} SGD epochs (no --from-run given)")
     trajectory = trajectory.to(run.device)
 
@@ -162,7 +151,7 @@ def run(cfg: Config, run: Run) -> dict[str, Any]:
              "(how much the 2D plane misses)")
 
     # Method 2 (beyond): filter-normalised random directions around the final weights, and 1D interpolation.
-    directions = torch.stack([landscape.filter_normalized_direction(model, final.cpu(), generator)
+    directions = torch.stack([landscape.filter_normalized_direction(model, final.cpu(), run.generator)
                               for _ in range(2)]).to(run.device)
     axis = torch.linspace(-cfg.span, cfg.span, cfg.grid | 1)  # odd count: the centre is exactly the final weights
     fn_grid = losses(final, directions, landscape.mesh(axis, axis))
@@ -173,14 +162,13 @@ def run(cfg: Config, run: Run) -> dict[str, Any]:
     torch.nn.utils.vector_to_parameters(final, model.parameters())
     own_final = evaluate_classifier(model, x, y)["loss"]
     centre = fn_grid["loss"].reshape(len(axis), len(axis))[len(axis) // 2, len(axis) // 2].item()
-    test = evaluate_classifier(model, flat_float(data.test_x, 0.5).to(run.device), data.test_y.to(run.device))
+    test = evaluate_classifier(model, *run.to_device(flat_float(data.test_x, 0.5), data.test_y))
     return {"parameters": int(trajectory.shape[1]), "trajectory_points": len(trajectory),
             "grid_points": len(xs) * len(ys), "subset": len(x), "grid_eval_s": round(grid_time, 3),
             "final_loss_model": own_final, "final_loss_grid_centre": centre, "centre_loss_gap": abs(centre - own_final),
             "pca_explained_1": plane["explained"][0].item(), "pca_explained_2": plane["explained"][1].item(),
             "trajectory_plane_gap": (own["loss"] - on_plane["loss"]).abs().max().item(),
-            "pca_grid_min_loss": pca_grid["loss"].min().item(), "test_accuracy": test["accuracy"],
-            "train_time_s": round(train_time, 2)}
+            "pca_grid_min_loss": pca_grid["loss"].min().item(), "test_accuracy": test["accuracy"]}
 
 
 def save_pca_figures(run: Run, xs: torch.Tensor, ys: torch.Tensor, grid: dict[str, torch.Tensor],

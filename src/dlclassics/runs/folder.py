@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from dlclassics.errors import UsageError
-from dlclassics.files import DIR_MODE, FILE_MODE
+from dlclassics.files import FILE_MODE, make_dirs
 
 INCOMPLETE = ".incomplete"
 # The files every run writes (the run layer is their producer); experiments' own files are in `products`.
@@ -51,14 +51,6 @@ def new_run_dir(root: Path, experiment: str) -> Path:
         raise UsageError(f"--out {root}: cannot create a run folder there ({exc.strerror}); "
                          "pass --out a writable folder") from None
     return path
-
-
-def make_dirs(path: Path) -> None:
-    """`mkdir -p` whose new folders are 0755 whatever the umask (a 077 umask would hide runs from others)."""
-    missing = [folder for folder in (path, *path.parents) if not folder.exists()]
-    path.mkdir(parents=True, exist_ok=True)
-    for folder in missing:
-        folder.chmod(DIR_MODE)
 
 
 def latest_incomplete(root: Path, experiment: str) -> Path | None:

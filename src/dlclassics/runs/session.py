@@ -33,7 +33,14 @@ from dlclassics import __version__, distributed, registry
 from dlclassics.config import load_toml, parse_assignments, resolve
 from dlclassics.engine import FitResult, fit, resolve_device, seed_everything
 from dlclassics.errors import LostResource, RunError, UsageError
-from dlclassics.files import atomic_torch_save, atomic_write_bytes, atomic_write_csv, atomic_write_json, jsonable
+from dlclassics.files import (
+    atomic_torch_save,
+    atomic_write_bytes,
+    atomic_write_csv,
+    atomic_write_json,
+    jsonable,
+    make_dirs,
+)
 from dlclassics.runs.contract import FinishedRun, read_finished_run
 from dlclassics.runs.folder import (
     CHECKPOINTS,
@@ -49,7 +56,6 @@ from dlclassics.runs.folder import (
     load_average,
     lock_run_dir,
     machine,
-    make_dirs,
     new_run_dir,
     resumable,
     run_id,

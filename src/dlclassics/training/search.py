@@ -24,6 +24,7 @@ def search_on_run(run: Run, objective: sweep.Objective, plan: sweep.Search,
     place = sweep.StudyPlace(name + study_suffix, run.dir, run.storage, join=name != own)
     run.note(f"search: {place.describe()}")
     if run.storage and not run.quiet:
+        sweep.open_storage(run.storage, run.dir)  # a bad URL is one error line, before any "join it" advice
         print(f"search: {place.describe()}; other machines join it with --storage {sweep.masked_url(run.storage)} "
               f"--study {name}", file=sys.stderr, flush=True)
     return sweep.optimize(objective, plan, place, workers=run.workers, worker_objective=worker_objective,

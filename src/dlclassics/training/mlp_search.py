@@ -6,17 +6,19 @@ An experiment declares a `Config` (a `SearchConfig` whose `SPACES` are its searc
 {parameter: choices}) and calls `search_and_retrain` then `save_outputs`; a configuration is a plain
 dict of the parameters `layers`, `units`, `lr`, `batch_size`, `l2`, `epochs` (the per-trial budget)
 and optionally `batchnorm`, `dropout`, `activation` (absent = the plain ReLU MLP of Problem 2.1).
+fashion-mlp's own search (`FashionMlpConfig`, its spaces and recipes) lives here too, because
+fashion-mlp-enhanced trains it as its baseline.
 
-The search runs through `sweep.optimize`: in this process on the data already loaded, and in
-worker processes (`--workers N`) from a `TrialSetup` (the config values, the space and where the
-data is), each loading the data once.
+The search runs on the run's study (`training.search.search_on_run`): in this process on the data
+already loaded, and in worker processes (`--workers N`) from a `TrialSetup` (the config values, the
+space and where the data is), each loading the data once.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -25,7 +27,7 @@ import torch
 from torch import nn
 
 from dlclassics import plots, sweep
-from dlclassics.config import BaseConfig, coerce, option
+from dlclassics.config import BaseConfig, coerce, dataset_option, epochs_option, limit_option, option
 from dlclassics.data.images import ImageData, image_datasets, load_images
 from dlclassics.data.transforms import flat_float, subsample
 from dlclassics.engine import (
@@ -43,7 +45,7 @@ from dlclassics.errors import UsageError
 from dlclassics.files import atomic_torch_save, atomic_write_csv
 from dlclassics.models.mlp import mlp
 from dlclassics.runs import Run, markdown_table
-from dlclassics.sweep import masked_url
+from dlclassics.training.search import search_on_run
 
 SearchSpace = dict[str, tuple]
 # The fields that say which examples a search sees: two searches agreeing on these use the same data and split.
@@ -58,7 +60,7 @@ class SearchConfig(BaseConfig):
 
     SPACES: ClassVar[dict[str, SearchSpace]] = {}  # the experiment's search spaces, by name
 
-    dataset: str = option("fashion-mnist", "image dataset", choices=image_datasets)
+    dataset: str = dataset_option("fashion-mnist", image_datasets)
     space: str = option("tuned", "search space: the source's grid or ours", choices=("seed", "tuned"))
     narrow: tuple[str, ...] = option((), "fix or narrow search dimensions: NAME=VALUE or NAME=V1/V2, comma "
                                          "separated (e.g. lr=0.05,units=128/256)")
@@ -66,10 +68,10 @@ class SearchConfig(BaseConfig):
     sampler: str = option("random", "random search or TPE", choices=("random", "tpe"))
     momentum: float = option(0.9, "SGD momentum (Nesterov when > 0); the source used plain SGD", low=0.0, high=0.999)
     cosine: bool = option(True, "cosine learning-rate decay within each training")
-    epochs: int = option(25, "epochs of the retraining on train+val", low=1)
+    epochs: int = epochs_option(25, "epochs of the retraining on train+val")
     val_fraction: float = option(0.2, "share of the training set held out for selection", low=0.05, high=0.5)
     split_seed: int = option(541, "seed of the train/validation split (541 = the source's)", low=0)
-    limit: int = option(0, "use only the first N training images (0 = all)", low=0)
+    limit: int = limit_option()
 
     def __post_init__(self) -> None:
         self.search_space()  # a bad `narrow` is refused with the other options, before the run starts
@@ -106,18 +108,33 @@ def searched(config: type[SearchConfig]) -> dict[str, str]:
     return hints
 
 
-@dataclasses.dataclass
-class Outcome:
-    """What a search and its retraining produced."""
+# ---------------------------------------------------------------- fashion-mlp's search
 
-    trials: list[dict[str, Any]]  # one row per finished trial (the search table)
-    best_value: float  # best validation accuracy
-    params: dict[str, Any]  # the best configuration, `epochs` = its per-trial budget
-    model: nn.Module  # retrained on train+val
-    result: FitResult  # the retraining's history (with test metrics), iterations and parameter snapshots
-    initial: torch.Tensor  # the retraining's initial parameters [P]
-    search_time: float
-    retrain_time: float
+# The source's grid (seed) and ours (tuned). Epochs is part of the seed space, as in the source.
+FASHION_MLP_SPACES: dict[str, SearchSpace] = {
+    "seed": {"layers": (2, 3, 4, 5, 6), "units": (5, 10, 20, 30, 40),
+             "lr": (0.01, 0.005, 0.001, 0.0005, 0.0001, 0.00005, 0.00001),
+             "batch_size": (8, 12, 16, 20, 32, 48, 64, 128, 145, 256),
+             "l2": (0.0, 0.0005, 0.001, 0.0001, 0.00001), "epochs": (15, 20, 25)},
+    # Widths up to 256: 512 units cost 2.5x the time for under 0.3 points of accuracy here.
+    "tuned": {"layers": (2, 3), "units": (128, 256), "lr": (0.02, 0.05, 0.1),
+              "batch_size": (64, 128, 256), "l2": (0.0, 1e-5, 1e-4, 5e-4), "epochs": (3,)},
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class FashionMlpConfig(SearchConfig):
+    """fashion-mlp's options: the ReLU MLPs of Problems 2.1-2.3."""
+
+    SPACES = FASHION_MLP_SPACES
+    space: str = option("tuned", "search space: the source's grid or ours", choices=tuple(FASHION_MLP_SPACES))
+    trials: int = option(10, "configurations tried by the search (the source needs at least 10)", low=1)
+    epochs: int = epochs_option(20, "epochs of the retraining on train+val")
+
+
+FASHION_MLP_RECIPES = {"seed": {"space": "seed", "trials": 10, "momentum": 0.0, "cosine": False, "epochs": 50},
+                       "tuned": {}}
+FASHION_MLP_QUICK = {"limit": 600, "trials": 2, "epochs": 2}
 
 
 # ---------------------------------------------------------------- data
@@ -146,15 +163,19 @@ def build_model(params: dict[str, Any]) -> nn.Sequential:
                batchnorm=params.get("batchnorm", False), dropout=params.get("dropout", 0.0))
 
 
-def train(cfg: SearchConfig, params: dict[str, Any], x: torch.Tensor, y: torch.Tensor, seed: int, quiet: bool,
-          evaluate: Any = None, **fit_options: Any) -> tuple[nn.Module, FitResult]:
-    """Build the MLP of `params` and train it with SGD (L2 on weight matrices only) for `params["epochs"]`."""
+def train(cfg: SearchConfig, params: dict[str, Any], x: torch.Tensor, y: torch.Tensor, seed: int,
+          fit_with: Callable[..., FitResult] = fit, **fit_options: Any) -> tuple[nn.Module, FitResult]:
+    """Build the MLP of `params` and train it with SGD (L2 on weight matrices only) for `params["epochs"]`.
+
+    `seed` seeds the network and the shuffling, so a trial's numbers do not depend on which process runs
+    it; `fit_with` is `engine.fit` for a trial and `run.fit` (checkpoint, resume, progress) for the retraining.
+    """
     generator = seed_everything(seed)
     model = build_model(params).to(x.device)
     optimizer = make_optimizer("sgd", model, params["lr"], params["l2"], cfg.momentum)
     scheduler = cosine_schedule(optimizer, params["epochs"], cfg.cosine)
-    result = fit(model, (x, y), optimizer=optimizer, scheduler=scheduler, epochs=params["epochs"],
-                 batch_size=params["batch_size"], generator=generator, evaluate=evaluate, quiet=quiet, **fit_options)
+    result = fit_with(model, (x, y), optimizer=optimizer, scheduler=scheduler, epochs=params["epochs"],
+                      batch_size=params["batch_size"], generator=generator, **fit_options)
     return model, result
 
 
@@ -194,24 +215,31 @@ def worker_objective(setup: TrialSetup) -> sweep.Objective:
 
 # ---------------------------------------------------------------- search, then retrain
 
+@dataclasses.dataclass
+class Outcome:
+    """What a search and its retraining produced."""
+
+    trials: list[dict[str, Any]]  # one row per finished trial (the search table)
+    best_value: float  # best validation accuracy
+    params: dict[str, Any]  # the best configuration, `epochs` = its per-trial budget
+    model: nn.Module  # retrained on train+val
+    result: FitResult  # the retraining's history (with test metrics), iterations and parameter snapshots
+    initial: torch.Tensor  # the retraining's initial parameters [P]
+    search_time: float
+    retrain_time: float
+
+
 def search(cfg: SearchConfig, run: Run, data: dict[str, torch.Tensor], space: SearchSpace,
            study_suffix: str = "") -> optuna.Study:
     """Fill `cfg.trials` slots of the run's study (its own, or the one it joins) with trials of `space`."""
-    own = sweep.own_study_name(run.experiment, run.run_id)
-    name = run.study or own
-    place = sweep.StudyPlace(name + study_suffix, run.dir, run.storage, join=name != own)
     trial_config = {field: getattr(cfg, field) for field in TRIAL_FIELDS}
     signature = {"space": space, "trials": cfg.trials, "sampler": cfg.sampler,
                  **{k: v for k, v in trial_config.items() if k != "device"}}
     plan = sweep.Search(cfg.trials, signature, sampler=cfg.sampler, seed=cfg.seed, grid=space,
                         metric="validation accuracy")
     setup = TrialSetup(trial_config, space, run.data_dir, run.carve_test, run.unverified)
-    run.note(f"search: {place.describe()}")
-    if run.storage and not run.quiet:
-        print(f"search: {place.describe()}; other machines join it with --storage {masked_url(run.storage)} "
-              f"--study {name}", file=sys.stderr, flush=True)
-    return sweep.optimize(objective(cfg, space, data), plan, place, workers=run.workers,
-                          worker_objective=sweep.WorkerObjective(worker_objective, setup), quiet=run.quiet)
+    return search_on_run(run, objective(cfg, space, data), plan, sweep.WorkerObjective(worker_objective, setup),
+                         study_suffix)
 
 
 def search_and_retrain(cfg: SearchConfig, run: Run, data: dict[str, torch.Tensor], space: SearchSpace, *,
@@ -231,10 +259,10 @@ def search_and_retrain(cfg: SearchConfig, run: Run, data: dict[str, torch.Tensor
 
     seed = cfg.seed + sweep.trial_index(best)
     started = time.perf_counter()
-    model, result = train(cfg, {**params, "epochs": cfg.epochs}, data["x"], data["y"], seed, run.quiet,
+    model, result = train(cfg, {**params, "epochs": cfg.epochs}, data["x"], data["y"], seed, fit_with=run.fit,
                           evaluate=held_out(data["test_x"], data["test_y"], "test"),
-                          checkpoint=checkpoint or run.checkpoint_path, resume=run.resume,
-                          record_iterations=True, snapshot_parameters=snapshots)
+                          checkpoint=checkpoint or run.checkpoint_path, record_iterations=True,
+                          snapshot_parameters=snapshots)
     retrain_time = time.perf_counter() - started
     torch.manual_seed(seed)  # the same seed builds the same network before any step: the initial parameters
     return Outcome(sweep.trial_rows(study), best.value, params, model, result, flat_parameters(build_model(params)),
@@ -244,19 +272,14 @@ def search_and_retrain(cfg: SearchConfig, run: Run, data: dict[str, torch.Tensor
 def save_outputs(cfg: SearchConfig, run: Run, outcome: Outcome, space: SearchSpace,
                  trajectory: str | None = None) -> dict[str, Any]:
     """search.csv, the search table, history, model, figures and (optionally) the trajectory file of that
-    name; returns metrics.
-
-    The trajectory is `{"parameters": [epochs + 1, P], "hidden": [...], "activation": ...}`, what
-    `loss-landscape` reads (it needs `snapshots=True` in `search_and_retrain`).
-    """
+    name, for `loss-landscape` (see `save_trajectory`; it needs `snapshots=True` in `search_and_retrain`);
+    returns metrics."""
     trials, params, result = outcome.trials, outcome.params, outcome.result
     atomic_write_csv(run.dir / "search.csv", trials)
     run.add_section("Search (validation accuracy; the test set is never used here)", markdown_table(trials))
     if trajectory:
-        parameters = torch.stack([outcome.initial, *result.snapshots])  # [epochs + 1, P]
-        atomic_torch_save(run.dir / trajectory, {"parameters": parameters,
-                                                 "hidden": [params["units"]] * params["layers"],
-                                                 "activation": params.get("activation", "relu")})
+        save_trajectory(run.dir / trajectory, torch.stack([outcome.initial, *result.snapshots]),
+                        [params["units"]] * params["layers"], params.get("activation", "relu"))
     run.save_history(result.history)
     run.save_model(outcome.model)
     run.note("L2 is applied to weight matrices only, in the search and in the retraining (the source's "
@@ -284,3 +307,10 @@ def save_outputs(cfg: SearchConfig, run: Run, outcome: Outcome, space: SearchSpa
             "best_config": {k: params[k] for k in space if k != "epochs"},
             "best_trial_epochs": params["epochs"], "search_time_s": round(outcome.search_time, 2),
             "retrain_time_s": round(outcome.retrain_time, 2), "parameters": int(outcome.initial.numel())}
+
+
+def save_trajectory(path: Path, parameters: torch.Tensor, hidden: list[int], activation: str) -> None:
+    """The trajectory file `loss-landscape` reads, `{"parameters": [epochs + 1, P], "hidden": [...],
+    "activation": ...}`: the flat parameters of an MLP 784-`hidden`-10 before training and after every
+    epoch, with what rebuilds the network."""
+    atomic_torch_save(path, {"parameters": parameters, "hidden": hidden, "activation": activation})
