@@ -326,22 +326,16 @@ def test_stand_in_is_padded_and_repeated_to_colour():
     assert border.sum() == 0
 
 
-def test_stand_in_run_loads_padded_and_is_marked(image_data_dir):
-    class FakeRun:
-        data_dir, carve_test, unverified, comparable = image_data_dir, 0.0, False, True
-        notes: list = []
+def test_stand_in_run_loads_padded_and_is_marked(image_data_dir, tmp_path):
+    import torch
 
-        def note(self, text):
-            self.notes.append(text)
+    from dlclassics.runs import Run
 
-        def mark_not_comparable(self, reason):
-            self.comparable = False
-            self.note(reason)
-
-    run = FakeRun()
-    data = cifar.load_for_run(run, "fashion-mnist")
+    run = Run("cifar-linear", tmp_path, None, torch.device("cpu"), data_dir=image_data_dir)
+    data = run.load_images("fashion-mnist", cifar.load)
     assert data.train_x.shape == (600, 3, 32, 32) and not run.comparable
     assert any("not comparable: different data" in n for n in run.notes)
+    assert run.notes[0].startswith("data: fashion-mnist from ")
 
 
 def test_cifar_experiments_offer_the_stand_ins():

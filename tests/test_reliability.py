@@ -335,3 +335,22 @@ def test_a_full_disk_names_the_file(tmp_path, monkeypatch):
         atomic_write_text(tmp_path / "metrics.json", "{}" * 100_000)
     assert raised.value.filename == str(tmp_path / "metrics.json")
     assert not list(tmp_path.iterdir())  # no temporary file left
+
+
+# ---------------------------------------------------------------- 12b. the site says what a run really used
+
+def test_listings_show_the_data_a_run_used_and_its_headline_metric(image_data_dir, tmp_path):
+    from conftest import run_quick
+
+    from dlclassics.runs.results import data_label
+
+    victim = run_quick("mnist-classifier", image_data_dir, tmp_path / "runs")
+    attack = run_quick("fgsm", image_data_dir, tmp_path / "runs", "--from-run", str(victim))
+    record = json.loads((attack / "config.json").read_text())
+    assert record["config"]["dataset"] == "fashion-mnist"  # fgsm's own option, unused with --from-run
+    assert [item["name"] for item in record["data"]] == ["mnist"] and record["headline"] == "fgsm_accuracy_0.025"
+    assert data_label(record) == "mnist, --quick size"
+    info = site.read_run("fgsm", attack, {})
+    assert info.dataset == "mnist, --quick size" and info.key_metric[0] == "fgsm_accuracy_0.025"
+    unverified = {**record, "data_checks": "unverified, not comparable"}
+    assert "unverified files" in data_label(unverified)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import io
+import math
 import os
 import shutil
 import socket
@@ -39,7 +40,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from dlclassics.errors import RunError, UsageError
+from dlclassics.errors import LostResource, RunError, UsageError
 
 # Torch's own choice (the physical cores, or OMP_NUM_THREADS, which torchrun sets to 1), read before we change it.
 TORCH_DEFAULT_THREADS = torch.get_num_threads()
@@ -161,6 +162,9 @@ def launch(argv: Sequence[str], nproc: int) -> int:
         return _wait(processes, patience=10.0)
 
 
+LOST_PATIENCE = 15.0  # seconds the others get to stop by themselves once one process of the group has failed
+
+
 def free_port() -> int:
     """A TCP port that is free on this machine now, for the group's rendezvous."""
     with socket.socket() as probe:
@@ -169,13 +173,18 @@ def free_port() -> int:
 
 
 def _wait(processes: list[subprocess.Popen], patience: float | None = None) -> int:
-    """Wait until all succeed or one fails (or `patience` seconds pass), then stop the rest."""
+    """Wait until all succeed or one fails (or `patience` seconds pass), then stop the rest. After a
+    failure the others get LOST_PATIENCE seconds to notice in their next collective and stop by
+    themselves: rank 0 then keeps its run folder resumable and says so in one line."""
     deadline = None if patience is None else time.monotonic() + patience
     failed: int | None = None
-    while failed is None and any(p.poll() is None for p in processes):
+    while any(p.poll() is None for p in processes):
         if deadline is not None and time.monotonic() > deadline:
             break
-        failed = next((p.returncode for p in processes if p.poll() not in (None, 0)), None)
+        if failed is None:
+            failed = next((p.returncode for p in processes if p.poll() not in (None, 0)), None)
+            if failed is not None:
+                deadline = min(deadline or math.inf, time.monotonic() + LOST_PATIENCE)
         time.sleep(0.05)
     for process in processes:
         if process.poll() is None:
@@ -209,11 +218,28 @@ def process_group(place: Placement, device: torch.device) -> Iterator[torch.devi
                        f"{os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')}: {first_line}") from None
     try:
         yield device
-    except dist.DistError as exc:  # another process died or was stopped: its own message says why
-        raise RunError(f"rank {place.rank} lost the other processes of the group "
-                       f"({(str(exc).splitlines() or ['no detail'])[0]})") from None
+    except Exception as exc:
+        raise lost_group(exc) or exc
     finally:
         dist.destroy_process_group()
+
+
+# How gloo and NCCL say that a peer went away, in the errors their collectives raise.
+LOST_PEER = ("connection closed by peer", "connection reset by peer", "broken pipe", "gloo", "nccl",
+             "socket timeout", "timed out")
+
+
+def lost_group(exc: BaseException) -> LostResource | None:
+    """The LostResource an error in a process group means, or None: a collective that failed because
+    another process died or was stopped (torch's DistError, or gloo's RuntimeError saying so)."""
+    if isinstance(exc, LostResource) or world_size() <= 1:
+        return None
+    text = str(exc).lower()
+    if not isinstance(exc, dist.DistError) and not (isinstance(exc, RuntimeError)
+                                                   and any(sign in text for sign in LOST_PEER)):
+        return None
+    first = (str(exc).strip().splitlines() or ["no detail"])[0][:200]
+    return LostResource(f"rank {rank()} lost the other processes of the group ({first})")
 
 
 def send_run_folder(folder: Path, resume: bool) -> None:

@@ -44,6 +44,7 @@ from dlclassics.files import atomic_write_bytes, atomic_write_text, make_dirs
 from dlclassics.runs import CONFIG, HISTORY, METRICS
 from dlclassics.runs.folder import INCOMPLETE, REPORT, REPORT_PARTS
 from dlclassics.runs.report import format_number
+from dlclassics.runs.results import data_label
 from dlclassics.runs.session import resume_command
 
 SITE = "site"  # the site's folder under the runs root, by default
@@ -127,13 +128,21 @@ class RunInfo:
         return config if isinstance(config, dict) else {}
 
     @property
+    def dataset(self) -> str:
+        """The data the run used, marked when it is not the official set (carved, unverified, --quick size)."""
+        return data_label(self.record)
+
+    @property
     def numbers(self) -> dict[str, Any]:
         return self.metrics or {}
 
     @property
     def key_metric(self) -> tuple[str, float] | None:
-        """The metric the source reported first (references.json), else the first test/val/best metric."""
-        names = [str(ref.get("metric")) for ref in self.references]
+        """The run's headline metric (its experiment's HEADLINE, recorded in config.json), else the metric the
+        source reported first (references.json), else the first test/val/best metric."""
+        headline = self.record.get("headline")
+        names = [headline] if isinstance(headline, str) else []
+        names += [str(ref.get("metric")) for ref in self.references]
         names += [name for name in self.numbers if name.startswith(("test_", "val_", "best_"))]
         for name in names:
             if is_number(self.numbers.get(name)):

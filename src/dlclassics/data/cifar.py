@@ -263,8 +263,3 @@ def load(name: str, data_dir: Path | None = None, carve_test: float = 0.0, unver
                 "repeated to 3 channels)")
     return dataclasses.replace(as_cifar_images(grey), comparable=False,
                                note="; ".join(filter(None, [stand_in, grey.note])))
-
-
-def load_for_run(run: Any, name: str) -> ImageData:
-    """`load` for a run: the data's source noted, the run marked not comparable when the data is not CIFAR-10's."""
-    return images.noted(run, name, load(name, run.data_dir, run.carve_test, run.unverified))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from dlclassics.data.idx import read_idx
 from dlclassics.data.registry import (
@@ -195,17 +195,3 @@ def load_images(name: str, data_dir: Path | None = None, carve_test: float = 0.0
     """Locate, verify and load an image set; `carve_test` makes a test split when one is missing."""
     spec = image_spec(name)
     return spec.load(require_folder(spec, data_dir), carve_test=carve_test, unverified=unverified)
-
-
-def load_for_run(run: Any, name: str) -> ImageData:
-    """Load a dataset for a run, noting its source and marking the run when the data is not the official split."""
-    return noted(run, name, load_images(name, run.data_dir, run.carve_test, run.unverified))
-
-
-def noted(run: Any, name: str, data: ImageData) -> ImageData:
-    """`data`, its source noted in the run's report, the run marked not comparable when the data is not official."""
-    run.note(f"data: {name} from {data.source} ({len(data.train_x):,} train, {len(data.test_x):,} test images)")
-    if not data.comparable:
-        run.mark_not_comparable(data.note)
-    return data
-

@@ -53,6 +53,7 @@ TITLE = "FGSM and PGD attacks on a trained classifier, accuracy against epsilon 
 
 # A finished classifier run (its model.pt and the test accuracy it measured).
 FROM_RUN = Upstream(tuple(PRODUCERS), files=(MODEL,), metrics=("test_accuracy",))
+HEADLINE = "fgsm_accuracy_0.025"  # what listings show: the accuracy left at the source's epsilon (6.4/255)
 
 # Public anchors (catalogue): PyTorch's FGSM tutorial (MNIST LeNet) and torchattacks (CIFAR-10 WRN-28-10).
 TUTORIAL_MNIST = {0.0: 0.990, 0.05: 0.969, 0.1: 0.908, 0.15: 0.756, 0.2: 0.503, 0.25: 0.303, 0.3: 0.160}

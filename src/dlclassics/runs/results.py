@@ -85,9 +85,12 @@ def results_table(rows: list[dict[str, Any]]) -> str:
 
 
 def data_label(record: dict[str, Any]) -> str:
-    """The data a run measured on, from its config.json: the dataset, and how it differs from the official one."""
+    """The data a run measured on, from its config.json: the data it loaded (an attack loads its victim's
+    dataset, whatever its own option says), else its dataset option, and how it differs from the official one."""
     config = record.get("config") if isinstance(record.get("config"), dict) else {}
-    label = str(config.get("dataset") or "generated")
+    used = record.get("data") if isinstance(record.get("data"), list) else []
+    names = list(dict.fromkeys(str(item["name"]) for item in used if isinstance(item, dict) and "name" in item))
+    label = " + ".join(names) or str(config.get("dataset") or "generated")
     if record.get("carve_test"):
         label += f", train/test carved from one split ({record['carve_test']} test)"
     if str(record.get("data_checks", "")).startswith("unverified"):

@@ -81,6 +81,8 @@ class Run:
     recipe: str = "tuned"
     changed_options: list[str] = dataclasses.field(default_factory=list)  # set beyond the recipe
     command: list[str] = dataclasses.field(default_factory=list)  # the `dlclassics` arguments that started it
+    headline: str | None = None  # the metric that sums the run up (the experiment's HEADLINE), for listings
+    data_used: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # what `use_data` recorded
     data_dir: Path | None = None
     carve_test: float = 0.0
     unverified: bool = False  # data files accepted without matching the official checksums
@@ -127,9 +129,11 @@ class Run:
         return self.use_data(loader(name, self.data_dir, self.carve_test, self.unverified))
 
     def use_data(self, data: D) -> D:
-        """Record loaded data: its summary (`data.summary`) in the report's notes, and the run marked not
+        """Record loaded data: its summary (`data.summary`) in the report's notes, its name and source in
+        config.json (the data the run really used, whatever its options say), and the run marked not
         comparable with its reason (`data.note`) when the data is not the official set."""
         self.note(data.summary)
+        self.data_used.append({"name": data.name, "source": str(data.source), "comparable": bool(data.comparable)})
         if not data.comparable:
             self.mark_not_comparable(data.note)
         return data
@@ -340,6 +344,7 @@ def run_record(prepared: Prepared, device: torch.device, threads: int, folder: P
                unverified=request.unverified, quiet=request.quiet or distributed.rank() > 0, resume=resume,
                workers=request.workers, storage=request.storage, from_run=prepared.from_run,
                study=study_of(prepared.module, request, folder, resume), threads=threads,
+               headline=getattr(prepared.module, "HEADLINE", None),
                world_size=distributed.world_size())
 
 
@@ -390,16 +395,16 @@ def execute(module: ModuleType, run: Run, hint: str | None = None) -> Path:
             raise RunError("interrupted before the first checkpoint: nothing to resume yet") from None
         suspend(run, "interrupted")
         raise RunError(f"interrupted; continue with: {resume_command(run.command, run.experiment, run.dir)}") from None
-    except LostResource as exc:  # a process or the study's database went away: nothing the run did is lost
-        if not run.resume and not has_work(run):
-            discard(run)
-            raise
-        suspend(run, "failed")
-        raise LostResource(f"{exc}; the run folder is kept: continue with "
-                           f"{resume_command(run.command, run.experiment, run.dir)}") from None
     except BaseException as exc:
+        lost = exc if isinstance(exc, LostResource) else distributed.lost_group(exc)
+        if lost is not None and (run.resume or has_work(run)):  # nothing the run did is lost: keep it
+            suspend(run, "failed")
+            raise LostResource(f"{lost}; the run folder is kept: continue with "
+                               f"{resume_command(run.command, run.experiment, run.dir)}") from None
         if not run.resume:
             discard(run)
+            if lost is not None:
+                raise lost from None
             raise
         suspend(run, "failed")
         if isinstance(exc, (UsageError, RunError)):
@@ -451,7 +456,8 @@ def config_record(run: Run) -> dict[str, Any]:
     """config.json: the settings, the code and machine they ran on, and when (the first start is kept)."""
     return {"experiment": run.experiment, "run_id": run.run_id, **settings(run), "package_version": __version__,
             "git_commit": git_commit(), "machine": machine(), "device": str(run.device),
-            "device_requested": run.config.device, "command": run.command, "threads": run.threads,
+            "device_requested": run.config.device, "command": run.command, "data": run.data_used,
+            "headline": run.headline, "threads": run.threads,
             "world_size": run.world_size,  # how it ran, not what decides its numbers
             "started": run.parts[0]["started"], "parts": run.parts}
 
