@@ -158,3 +158,34 @@ def test_nproc_2_resumes_a_classifier_through_the_cli_with_rank_0_alone_writing(
     for key in ("train_loss", "test_loss", "test_accuracy"):
         assert metrics[key] == pytest.approx(alone[key], abs=1e-4)
     assert list(scratch.iterdir()) == []  # rank 1's copy of the run folder is gone
+
+
+def test_a_lost_process_is_one_line_and_the_run_stays_resumable(data_dir_for_processes, tmp_path):
+    """Rank 1 killed (-9) once a checkpoint exists: rank 0 says so in one line and keeps its folder."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "runs"
+    argv = [sys.executable, "-m", "dlclassics", "run", "mnist-mlp", "--quick", "--quiet", "--epochs", "2000",
+            "--device", "cpu", "--data-dir", str(data_dir_for_processes), "--out", str(out), "--no-site"]
+    group = {"WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
+             "MASTER_PORT": str(distributed.free_port())}
+    ranks = [subprocess.Popen(argv, env={**os.environ, **group, "RANK": str(r), "LOCAL_RANK": str(r)},
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in range(2)]
+    try:
+        deadline = time.monotonic() + 120
+        while not list(out.glob("mnist-mlp/*/checkpoint.pt")) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        ranks[1].send_signal(signal.SIGKILL)
+        _, err = ranks[0].communicate(timeout=120)
+    finally:
+        for process in ranks:
+            process.kill()
+    lines = err.strip().splitlines()
+    assert ranks[0].returncode == 1 and len(lines) == 1, lines
+    assert "lost the other processes of the group" in lines[0] and "the run folder is kept" in lines[0]
+    (folder,) = (out / "mnist-mlp").iterdir()
+    assert folder.name.endswith(".incomplete") and (folder / "checkpoint.pt").is_file()
+    assert json.loads((folder / "config.json").read_text())["parts"][-1]["ended"] == "failed"
