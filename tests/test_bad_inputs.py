@@ -44,10 +44,12 @@ class Inputs:
             torch.save(content, path)
         return path
 
-    def finished(self, experiment: str, config=None, **files) -> Path:
-        """A folder that looks like a finished run of `experiment`: its config.json plus `files`."""
+    def finished(self, experiment: str, config=None, record=None, **files) -> Path:
+        """A folder that looks like a finished run of `experiment`: its config.json (`record` adds keys to
+        it) plus `files`."""
         folder = self.tmp / f"{experiment}-run"
-        self.file(f"{experiment}-run/config.json", json.dumps({"experiment": experiment, "config": config or {}}))
+        self.file(f"{experiment}-run/config.json",
+                  json.dumps({"experiment": experiment, "config": config or {}, **(record or {})}))
         for name, content in files.items():
             self.file(f"{experiment}-run/{name}", content)
         return folder
@@ -56,6 +58,31 @@ class Inputs:
         """mcmc-sampling on an energy-regressor folder whose weights are never reached (they are read last)."""
         folder = self.finished("energy-regressor", **{"model.pt": b"", **files})
         return ["mcmc-sampling", "--quick", "--from-run", str(folder), *self.data_options()]
+
+    def victim(self, config=None, record=None) -> list[str]:
+        """fgsm on a mnist-classifier folder whose config.json `config` / `record` describe (its model is
+        never reached: the config is checked first)."""
+        folder = self.finished("mnist-classifier", config, record, **{"model.pt": b"x",
+                                                                      "metrics.json": '{"test_accuracy": 0.9}'})
+        return ["fgsm", "--quick", "--from-run", str(folder), *self.data_options()]
+
+    def tiny_images(self, images: int) -> list[str]:
+        """mnist-mlp on own IDX files holding `images` test images and no training split."""
+        import numpy as np
+
+        from dlclassics.data.idx import write_idx
+
+        write_idx(self.file("tiny/t10k-images-idx3-ubyte"), np.zeros((images, 28, 28), np.uint8))
+        write_idx(self.file("tiny/t10k-labels-idx1-ubyte"), np.zeros(images, np.uint8))
+        return ["mnist-mlp", "--quick", "--quiet", "--device", "cpu", "--data-dir", str(self.tmp / "tiny"),
+                "--unverified"]
+
+    def fifo(self, name: str) -> Path:
+        import os
+
+        self.tmp.mkdir(parents=True, exist_ok=True)
+        os.mkfifo(self.tmp / name)
+        return self.tmp / name
 
     def data_options(self) -> list[str]:
         return ["--data-dir", str(self.data), "--device", "cpu", "--quiet"]
@@ -104,6 +131,36 @@ ROWS = [
     row("epochs-typo", lambda i: ["mnist-mlp", "--epochs", "30000000"], 2, "option 'epochs' must be <= 10,000"),
     row("workers-0", lambda i: ["fashion-mlp", "--workers", "0"], 2, "--workers: expects an integer from 1 to 64"),
     row("workers-typo", lambda i: ["fashion-mlp", "--workers", "100000"], 2, "expects an integer from 1 to 64"),
+    row("nproc-typo", lambda i: ["mnist-mlp", "--nproc", "100000"], 2, "--nproc: expects an integer from 1 to 1024"),
+    row("hidden-1e11", lambda i: ["mnist-mlp", "--set", "hidden=100000000000"], 2, "option 'hidden' must be <= 65536"),
+    row("hidden-1e23", lambda i: ["mnist-mlp", "--set", "hidden=99999999999999999999999"], 2,
+        "option 'hidden' must be <= 65536"),
+    row("count-typo", lambda i: ["mnist-mlp", "--set", "batch_size=99999999999"], 2,
+        "option 'batch_size' must be <= 10,000,000"),
+    row("narrow-units-negative", lambda i: ["fashion-mlp", "--set", "narrow=units=-5/7"], 2,
+        "option 'narrow=units' must be >= 1"),
+    row("narrow-units-0", lambda i: ["fashion-mlp", "--set", "narrow=units=0"], 2, "option 'narrow=units' must be >= 1"),
+    row("narrow-units-huge", lambda i: ["fashion-mlp", "--set", "narrow=units=99999999999999999999"], 2,
+        "option 'narrow=units' must be <= 65536"),
+    row("narrow-lr-negative", lambda i: ["fashion-mlp", "--set", "narrow=lr=-1"], 2, "option 'narrow=lr' must be > 0"),
+    row("narrow-batch-0", lambda i: ["fashion-mlp", "--set", "narrow=batch_size=0"], 2,
+        "option 'narrow=batch_size' must be >= 1"),
+    row("narrow-l2-negative", lambda i: ["fashion-mlp", "--set", "narrow=l2=-0.5"], 2, "option 'narrow=l2' must be >= 0"),
+    row("narrow-epochs-typo", lambda i: ["fashion-mlp", "--set", "narrow=epochs=100000"], 2,
+        "option 'narrow=epochs' must be <= 10,000"),
+    row("config-fifo", lambda i: ["mnist-mlp", "--config", str(i.fifo("c.toml"))], 2, "is not a regular file"),
+    # ---- a producer's config.json that was edited
+    row("victim-hidden-1e12", lambda i: i.victim({"hidden": 10 ** 12, "dataset": "mnist"}), 2,
+        "option 'hidden' must be <= 65536"),
+    row("victim-config-list", lambda i: i.victim([1, 2]), 2, "not a table of options"),
+    row("victim-carve-abc", lambda i: i.victim({"dataset": "mnist"}, {"carve_test": "abc"}), 2,
+        "carve_test = 'abc', not a fraction"),
+    # ---- own data too small to train on
+    row("own-3-images-carved-1e-9", lambda i: [*i.tiny_images(3), "--carve-test", "1e-9"], 1,
+        "leaves an empty test split"),
+    row("own-1-image", lambda i: [*i.tiny_images(1), "--carve-test", "0.5"], 1, "leaves an empty"),
+    row("own-0-images", lambda i: [*i.tiny_images(0), "--carve-test", "0.2"], 1, "holds no images"),
+    row("own-30-images", lambda i: [*i.tiny_images(30), "--carve-test", "0.2"], 1, "need at least 20 in each"),
     # ---- where runs are written, and the operating system's refusals inside a run
     row("out-is-a-file", lambda i: ["he-init", "--quick", "--out", str(i.file("not-a-folder"))], 2,
         "cannot create a run folder there (Not a directory); pass --out a writable folder"),

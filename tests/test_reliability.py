@@ -180,25 +180,6 @@ def test_carve_test_is_refused_when_both_splits_exist(image_data_dir, tmp_path, 
     assert not (tmp_path / "runs" / "mnist-mlp").exists()
 
 
-@pytest.mark.parametrize("images, carve, needle", [(3, "1e-9", "leaves an empty test split"),
-                                                   (1, "0.5", "leaves an empty"),
-                                                   (0, "0.2", "holds no images")])
-def test_tiny_own_data_is_one_line(tmp_path, capsys, monkeypatch, images, carve, needle):
-    import numpy as np
-
-    from dlclassics.data import registry
-    from dlclassics.data.idx import write_idx
-
-    monkeypatch.setattr(registry, "SYSTEM_DIRS", ())
-    folder = tmp_path / "mine"
-    folder.mkdir()
-    write_idx(folder / "t10k-images-idx3-ubyte", np.zeros((images, 28, 28), np.uint8))
-    write_idx(folder / "t10k-labels-idx1-ubyte", np.zeros(images, np.uint8))
-    assert main(["run", "mnist-mlp", "--quick", "--quiet", "--data-dir", str(folder), "--unverified",
-                 "--carve-test", carve, "--out", str(tmp_path / "runs")]) == 1
-    assert needle in _one_line(capsys)
-
-
 def test_integer_ids_beyond_float_precision_stay_distinct():
     from dlclassics.data.ratings import parse_ratings
 
@@ -289,15 +270,6 @@ def test_a_file_where_a_folder_is_expected_and_back_says_what_it_is(tmp_path, ca
         needle = "is not a regular file"
     assert main(["run", *argv, "--quick", "--out", str(tmp_path / "runs")]) == 2
     assert needle in _one_line(capsys)
-
-
-def test_config_on_a_fifo_is_refused_without_blocking(tmp_path, capsys):
-    import os
-
-    fifo = tmp_path / "config.toml"
-    os.mkfifo(fifo)
-    assert main(["run", "mnist-mlp", "--config", str(fifo), "--out", str(tmp_path / "runs")]) == 2
-    assert "is not a regular file" in _one_line(capsys)
 
 
 def test_a_missing_database_driver_names_the_package(monkeypatch):

@@ -21,6 +21,11 @@ MAX_SEED = 2**31 - 1
 # A training length beyond this is a typo (days of CPU time for any experiment here), not a plan. It bounds
 # every option named `epochs` or `*_epochs`, so `--epochs 30000000` is refused before a run starts.
 MAX_EPOCHS = 10_000
+# Every whole-number option without a bound of its own stops here: a count above ten million (a width of
+# 10^11, a batch of 10^20) is a typo that would only end in an out-of-memory error, not a plan.
+MAX_COUNT = 10_000_000
+# A layer wider than this does not fit the experiments' memory (a 784 x 65,536 layer is 200 MB of weights).
+MAX_WIDTH = 65_536
 
 
 def option(default: Any, help: str, *, low: float | None = None, high: float | None = None,
@@ -53,6 +58,11 @@ def batch_size_option(default: int, help: str = "minibatch size") -> Any:
 def lr_option(default: float, help: str = "Adam learning rate") -> Any:
     """A learning rate: a positive number (0 would train nothing, a negative one ascends the loss)."""
     return option(default, help, low=0.0, low_open=True)
+
+
+def width_option(default: Any, help: str) -> Any:
+    """A layer width, or comma-separated widths: at least 1, at most MAX_WIDTH."""
+    return option(default, help, low=1, high=MAX_WIDTH)
 
 
 def epochs_option(default: int, help: str = "training epochs") -> Any:
@@ -114,7 +124,9 @@ def coerce(name: str, kind: type, value: Any) -> Any:
     raise UsageError(f"option '{name}' expects {getattr(kind, '__name__', kind)}, got {value!r}")
 
 
-def _check_range(name: str, value: Any, meta: typing.Mapping[str, Any]) -> None:
+def check_range(name: str, value: Any, meta: typing.Mapping[str, Any]) -> None:
+    """A UsageError unless `value` (or each value of a tuple) lies in the range `meta` declares (`low`,
+    `high`, `low_open`, `choices`); whole numbers are at most MAX_COUNT unless `high` says otherwise."""
     choices, low, high = meta.get("choices"), meta.get("low"), meta.get("high")
     if callable(choices):
         choices = choices()
@@ -126,8 +138,11 @@ def _check_range(name: str, value: Any, meta: typing.Mapping[str, Any]) -> None:
         raise UsageError(f"option '{name}' must be {relation} {low}; got {value!r}")
     if high is not None and any(v > high for v in values):
         raise UsageError(f"option '{name}' must be <= {high}; got {value!r}")
-    if (name == "epochs" or name.endswith("_epochs")) and value > MAX_EPOCHS:
+    if (name.removeprefix("narrow=") == "epochs" or name.endswith("_epochs")) and max(values) > MAX_EPOCHS:
         raise UsageError(f"option '{name}' must be <= {MAX_EPOCHS:,} (a longer run is almost surely a typo); "
+                         f"got {value!r}")
+    if high is None and any(isinstance(v, int) and not isinstance(v, bool) and v > MAX_COUNT for v in values):
+        raise UsageError(f"option '{name}' must be <= {MAX_COUNT:,} (a larger number is almost surely a typo); "
                          f"got {value!r}")
 
 
@@ -149,7 +164,7 @@ def resolve(cls: type, *layers: typing.Mapping[str, Any], searched: typing.Mappi
             values[name] = coerce(name, kinds[name], raw)
     config = cls(**values)
     for f in dataclasses.fields(cls):
-        _check_range(f.name, getattr(config, f.name), f.metadata)
+        check_range(f.name, getattr(config, f.name), f.metadata)
     return config
 
 

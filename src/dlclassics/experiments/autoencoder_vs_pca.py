@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from dlclassics import plots
-from dlclassics.config import BaseConfig, dataset_option, limit_option, lr_option, option
+from dlclassics.config import BaseConfig, dataset_option, limit_option, lr_option, option, width_option
 from dlclassics.data.images import image_datasets
 from dlclassics.data.splits import first_of_each_class
 from dlclassics.data.transforms import flat_float, subsample
@@ -52,7 +52,7 @@ MODELS = {"linear": ("identity", "identity"), "relu": ("relu", "relu")}
 @dataclasses.dataclass(frozen=True)
 class Config(BaseConfig):
     dataset: str = dataset_option("mnist", image_datasets)
-    hidden: tuple[int, ...] = option((32, 64, 128), "code widths h, comma separated", low=1)
+    hidden: tuple[int, ...] = width_option((32, 64, 128), "code widths h, comma separated")
     lr: float = lr_option(3e-3, "Adam learning rate (full batch)")
     iterations: int = option(3000, "full-batch Adam steps at most", low=1)
     target_gap: float = option(0.01, "stop once the training MSE is within this fraction of PCA's (0: run all "

@@ -40,6 +40,7 @@ from dlclassics.config import (
     limit_option,
     lr_option,
     option,
+    width_option,
 )
 from dlclassics.data import cifar
 from dlclassics.data.splits import Split, split_data
@@ -56,9 +57,9 @@ class Config(BaseConfig):
                                   "CIFAR-10, or a grey stand-in padded to 32x32 (not comparable)")
     net: str = option("fast", "the source's one-layer CNN, or the fast airbench-style network",
                       choices=("source", "fast"))
-    filters: int = option(200, "source net: filters M of its 5x5 convolution", low=1)
+    filters: int = width_option(200, "source net: filters M of its 5x5 convolution")
     pool: int = option(8, "source net: max-pool size N", low=1, high=28)
-    widths: tuple[int, ...] = option((32, 64, 128), "fast net: channels of its three blocks", low=1)
+    widths: tuple[int, ...] = width_option((32, 64, 128), "fast net: channels of its three blocks")
     batch_size: int = batch_size_option(512)
     epochs: int = epochs_option(10)
     lr: float = lr_option(0.2, "SGD learning rate (the peak, with the warm-up/decay schedule)")

@@ -20,7 +20,7 @@ from typing import Any
 
 from torch import nn
 
-from dlclassics.config import lr_option, option
+from dlclassics.config import lr_option, width_option
 from dlclassics.data import cifar
 from dlclassics.data.splits import split_data
 from dlclassics.models.mlp import mlp
@@ -32,7 +32,7 @@ TITLE = "One-hidden-layer MLP on CIFAR-10, width swept (S2 CIFAR-10 b)"
 
 @dataclasses.dataclass(frozen=True)
 class Config(SweepConfig):
-    widths: tuple[int, ...] = option(tuple(range(100, 241, 20)), "hidden widths M tried, comma separated", low=1)
+    widths: tuple[int, ...] = width_option(tuple(range(100, 241, 20)), "hidden widths M tried, comma separated")
     lr: float = lr_option(0.001)
 
 

@@ -28,6 +28,7 @@ from dlclassics.config import (
     limit_option,
     lr_option,
     option,
+    width_option,
 )
 from dlclassics.data.images import image_datasets
 from dlclassics.data.transforms import flat_float, subsample
@@ -44,8 +45,7 @@ TITLE = "Dense autoencoder 784-128-64 on Fashion-MNIST (S1 Problem 4)"
 @dataclasses.dataclass(frozen=True)
 class Config(BaseConfig):
     dataset: str = dataset_option("fashion-mnist", image_datasets)
-    sizes: tuple[int, ...] = option((784, 128, 64), "encoder widths, input first, code last (decoder mirrors)",
-                                    low=1)
+    sizes: tuple[int, ...] = width_option((784, 128, 64), "encoder widths, input first, code last (decoder mirrors)")
     lr: float = lr_option(1e-3)
     batch_size: int = batch_size_option(128)
     epochs: int = epochs_option(20)

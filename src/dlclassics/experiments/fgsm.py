@@ -197,7 +197,7 @@ def shape_of(data: ImageData) -> ImageShape:
 def finished_victim(run: Run) -> tuple[PixelClassifier, ImageData, float]:
     """The classifier of the --from-run run, its test data, and the test accuracy it measured."""
     finished = run.from_run
-    carved = float(finished.record.get("carve_test") or 0.0)
+    carved = finished.carve_test
     if carved != run.carve_test:
         raise UsageError(f"--from-run {finished.folder} was run with --carve-test {carved:g}, this run with "
                          f"{run.carve_test:g}: pass the same, so that the attacked images are its test split")

@@ -22,7 +22,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from dlclassics.config import BaseConfig, option
+from dlclassics.config import MAX_WIDTH, BaseConfig, option
 from dlclassics.runs import Reference, Run, markdown_table
 
 TITLE = "He initialisation: the derivation checked numerically (S1 Problem 1)"
@@ -32,7 +32,7 @@ ACTIVATIONS = {"relu": torch.relu, "tanh": torch.tanh}
 
 @dataclasses.dataclass(frozen=True)
 class Config(BaseConfig):
-    width: int = option(512, "units per layer (and input dimension)", low=2)
+    width: int = option(512, "units per layer (and input dimension)", low=2, high=MAX_WIDTH)
     depth: int = option(50, "layers followed through the deep network", low=2)
     fixed_std: float = option(0.01, "weight std of the 'fixed small std' scheme", low=0.0, low_open=True)
     mc_samples: int = option(20_000, "Monte-Carlo draws of (w, x) per identity check", low=100)

@@ -27,7 +27,15 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from dlclassics.config import BaseConfig, batch_size_option, dataset_option, epochs_option, lr_option, option
+from dlclassics.config import (
+    BaseConfig,
+    batch_size_option,
+    dataset_option,
+    epochs_option,
+    lr_option,
+    option,
+    width_option,
+)
 from dlclassics.data.images import image_datasets
 from dlclassics.data.transforms import flat_float, subsample
 from dlclassics.engine import evaluate_classifier, flat_parameters, make_optimizer
@@ -49,7 +57,7 @@ FROM_RUN = Upstream(("fashion-mlp", "loss-landscape"), files=(TRAJECTORY,))
 class Config(BaseConfig):
     dataset: str = dataset_option("fashion-mnist", image_datasets,
                                   "image dataset (a --from-run run's own dataset wins)")
-    hidden: tuple[int, ...] = option((40, 40, 40), "hidden widths of the MLP trained without --from-run", low=1)
+    hidden: tuple[int, ...] = width_option((40, 40, 40), "hidden widths of the MLP trained without --from-run")
     lr: float = lr_option(0.01, "SGD learning rate (without --from-run)")
     batch_size: int = batch_size_option(16, "SGD minibatch size (without --from-run)")
     weight_decay: float = option(1e-3, "L2 strength on weight matrices (without --from-run)", low=0.0)

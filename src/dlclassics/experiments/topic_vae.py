@@ -43,6 +43,7 @@ from dlclassics.config import (
     limit_option,
     lr_option,
     option,
+    width_option,
 )
 from dlclassics.data.text import (
     NEWS_PARTS,
@@ -71,7 +72,7 @@ class Config(BaseConfig):
     dataset: str = dataset_option("manpages-dev", corpora, "corpus: a registered text corpus, 'folder' (the text "
                                   "files in --data-dir) or 'synthetic' (drawn from LDA with known topics)")
     topics: int = option(20, "number of topics T", low=2)
-    hidden: int = option(100, "units of each of the encoder's two hidden layers", low=1)
+    hidden: int = width_option(100, "units of each of the encoder's two hidden layers")
     activation: str = option("softplus", "the encoder's nonlinearity", choices=("relu", "softplus"))
     batch_norm: bool = option(True, "batch norm (no affine) on mu, log sigma and the decoder's logits (ProdLDA)")
     dropout: float = option(0.2, "dropout on the encoder's output and on theta (ProdLDA)", low=0.0, high=0.9)

@@ -43,6 +43,15 @@ class FinishedRun:
     def experiment(self) -> str:
         return self.record["experiment"]
 
+    @property
+    def carve_test(self) -> float:
+        """The fraction of its one split the producer carved as its test set (0: it had both splits)."""
+        value = self.record.get("carve_test") or 0.0
+        if not is_finite_number(value) or not 0.0 <= value < 1.0:
+            raise UsageError(f"--from-run {self.folder}: its {CONFIG} gives carve_test = {str(value)[:40]!r}, not a "
+                             "fraction in [0, 1); pass a finished run whose files were not edited")
+        return float(value)
+
     def provenance(self) -> dict[str, Any]:
         """Where the inputs came from, for config.json: the folder, and the producer's run id and commit."""
         return {"path": str(self.folder.resolve()), "experiment": self.experiment,

@@ -66,6 +66,7 @@ from dlclassics.sweep import finished_trials, masked_url, own_study_name
 D = TypeVar("D")
 RECIPES = ("seed", "tuned")
 NOT_RECIPE = ("seed", "device")  # options that do not make a run "custom": another seed is the same recipe
+MIN_SPLIT_IMAGES = 20  # fewer images in a split leave an empty validation set or a figure without examples
 
 
 # ---------------------------------------------------------------- what the experiment receives
@@ -126,7 +127,13 @@ class Run:
         its source noted in the report. `loader` defaults to `data.images.load_images` (CIFAR passes its own)."""
         if loader is None:
             from dlclassics.data.images import load_images as loader
-        return self.use_data(loader(name, self.data_dir, self.carve_test, self.unverified))
+        data = loader(name, self.data_dir, self.carve_test, self.unverified)
+        sizes = {"training": len(data.train_x), "test": len(data.test_x)}
+        if min(sizes.values()) < MIN_SPLIT_IMAGES:
+            raise RunError(f"data: {name} from {data.source} has {sizes['training']:,} training and {sizes['test']:,} "
+                           f"test images; the experiments need at least {MIN_SPLIT_IMAGES} in each to train, hold "
+                           "out and draw their figures")
+        return self.use_data(data)
 
     def use_data(self, data: D) -> D:
         """Record loaded data: its summary (`data.summary`) in the report's notes, its name and source in

@@ -35,6 +35,7 @@ from dlclassics.config import (
     lr_option,
     option,
     resolve,
+    width_option,
 )
 from dlclassics.data.images import ImageData, image_datasets
 from dlclassics.data.splits import holdout
@@ -59,8 +60,8 @@ from dlclassics.runs import MODEL, FinishedRun, Run
 class SmallCnn:
     """mnist-classifier's network: two conv layers and a hidden fully connected layer."""
 
-    channels: tuple[int, ...] = option((16, 32), "channels of the two conv layers, comma separated", low=1)
-    hidden: int = option(128, "units of the hidden fully connected layer", low=1)
+    channels: tuple[int, ...] = width_option((16, 32), "channels of the two conv layers, comma separated")
+    hidden: int = width_option(128, "units of the hidden fully connected layer")
     dropout: float = option(0.0, "dropout before the output layer", low=0.0, high=0.9)
 
     def __post_init__(self) -> None:
@@ -72,7 +73,7 @@ class SmallCnn:
 class MlpLayers:
     """mnist-mlp's network: the widths of its hidden layers."""
 
-    hidden: tuple[int, ...] = option((128, 64), "hidden layer widths, comma separated", low=1)
+    hidden: tuple[int, ...] = width_option((128, 64), "hidden layer widths, comma separated")
 
 
 @dataclasses.dataclass(frozen=True)

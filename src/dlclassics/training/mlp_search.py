@@ -27,7 +27,16 @@ import torch
 from torch import nn
 
 from dlclassics import plots, sweep
-from dlclassics.config import BaseConfig, coerce, dataset_option, epochs_option, limit_option, option
+from dlclassics.config import (
+    MAX_WIDTH,
+    BaseConfig,
+    check_range,
+    coerce,
+    dataset_option,
+    epochs_option,
+    limit_option,
+    option,
+)
 from dlclassics.data.images import ImageData, image_datasets, load_images
 from dlclassics.data.transforms import flat_float, subsample
 from dlclassics.engine import (
@@ -52,6 +61,15 @@ SearchSpace = dict[str, tuple]
 DATA_FIELDS = ("seed", "device", "quick", "dataset", "val_fraction", "split_seed", "limit")
 # The fields a trial's value depends on besides its parameters: what a worker process needs to train it.
 TRIAL_FIELDS = (*DATA_FIELDS, "momentum", "cosine")
+
+
+# What a narrowed search dimension may take (`--set narrow=units=128/256`), as option ranges: a width of 0,
+# a negative learning rate or a batch of 0 is refused before the run starts, as any option would be.
+DIMENSION_RANGES: dict[str, dict[str, Any]] = {
+    "layers": {"low": 1, "high": 64}, "units": {"low": 1, "high": MAX_WIDTH},
+    "lr": {"low": 0.0, "low_open": True}, "batch_size": {"low": 1}, "l2": {"low": 0.0}, "epochs": {"low": 1},
+    "dropout": {"low": 0.0, "high": 0.95},
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,6 +106,7 @@ class SearchConfig(BaseConfig):
                                  f"({', '.join(space)})")
             kind = type(space[name][0])
             space[name] = tuple(coerce(f"narrow={name}", kind, value) for value in values.split("/"))
+            check_range(f"narrow={name}", space[name], DIMENSION_RANGES.get(name, {}))
         return space
 
 

@@ -28,6 +28,7 @@ from dlclassics.config import (
     lr_option,
     option,
     resolve,
+    width_option,
 )
 from dlclassics.data.images import image_datasets
 from dlclassics.data.splits import holdout
@@ -46,8 +47,8 @@ class VaeConfig(BaseConfig):
     """The amortised VAE's options: `vae`'s config, which `latent-optimization` extends."""
 
     dataset: str = dataset_option("mnist", image_datasets)
-    latent: int = option(20, "latent dimensions", low=1)
-    hidden: int = option(256, "hidden units of the encoder's and the decoder's one hidden layer", low=1)
+    latent: int = width_option(20, "latent dimensions")
+    hidden: int = width_option(256, "hidden units of the encoder's and the decoder's one hidden layer")
     likelihood: str = option("bernoulli", "pixel likelihood (continuous-bernoulli adds its normaliser)",
                              choices=LIKELIHOODS)
     lr: float = lr_option(1e-3)
