@@ -326,3 +326,21 @@ def test_listings_show_the_data_a_run_used_and_its_headline_metric(image_data_di
     assert info.dataset == "mnist, --quick size" and info.key_metric[0] == "fgsm_accuracy_0.025"
     unverified = {**record, "data_checks": "unverified, not comparable"}
     assert "unverified files" in data_label(unverified)
+
+
+# ---------------------------------------------------------------- 2, 3, 4. lost resources keep the run
+
+def test_a_lost_resource_after_a_checkpoint_keeps_the_run_resumable(toy, tmp_path, capsys):
+    from dlclassics.errors import LostResource
+
+    def lost():
+        raise LostResource("lost the study's storage (server closed the connection)")
+
+    toy.FAIL = lost
+    assert _toy(tmp_path) == 1
+    line = _one_line(capsys)
+    assert "lost the study's storage" in line and "the run folder is kept: continue with: dlclassics run toy" in line
+    (folder,) = (tmp_path / "toy").iterdir()
+    assert folder.name.endswith(INCOMPLETE) and (folder / "checkpoint.pt").is_file()
+    toy.FAIL = None
+    assert _toy(tmp_path, "--resume", str(folder)) == 0

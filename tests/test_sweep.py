@@ -259,3 +259,38 @@ def _csv(path):
 
     with path.open() as handle:
         return [{k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader(handle)]
+
+
+def test_a_stopped_run_whose_study_finished_trials_in_the_database_has_work(postgres_url, tmp_path):
+    """Ctrl-C on a --storage search leaves no journal in the folder; the database's finished trials are
+    what makes it resumable (its folder is kept)."""
+    import torch
+
+    from dlclassics.runs import Run
+    from dlclassics.runs.session import has_work
+
+    _toy_on(postgres_url, tmp_path / "search", "stopped", 1, 1, {})
+    run = Run("toy", tmp_path / "folder", None, torch.device("cpu"), storage=postgres_url, study="stopped")
+    (tmp_path / "folder").mkdir()
+    assert has_work(run)
+    assert not has_work(Run("toy", tmp_path / "folder", None, torch.device("cpu"), storage=postgres_url,
+                            study="no-such-study"))
+
+
+def test_a_storage_that_went_away_is_a_lost_resource_and_other_errors_stay_themselves():
+    from dlclassics.errors import LostResource
+
+    class Gone:
+        def get_trials(self, deepcopy=False):
+            raise ConnectionError("server closed the connection unexpectedly")
+
+    class Reachable:
+        def get_trials(self, deepcopy=False):
+            return []
+
+    with pytest.raises(LostResource, match="lost the study's storage .*finished trials are kept"):
+        with sweep._storage_guard(Gone()):
+            raise UnboundLocalError("cannot access local variable 'trial_id'")  # what Optuna raised
+    with pytest.raises(ZeroDivisionError):  # a bug in the objective is not blamed on the storage
+        with sweep._storage_guard(Reachable()):
+            raise ZeroDivisionError

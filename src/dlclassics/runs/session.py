@@ -406,7 +406,7 @@ def execute(module: ModuleType, run: Run, hint: str | None = None) -> Path:
         lost = exc if isinstance(exc, LostResource) else distributed.lost_group(exc)
         if lost is not None and (run.resume or has_work(run)):  # nothing the run did is lost: keep it
             suspend(run, "failed")
-            raise LostResource(f"{lost}; the run folder is kept: continue with "
+            raise LostResource(f"{lost}; the run folder is kept: continue with: "
                                f"{resume_command(run.command, run.experiment, run.dir)}") from None
         if not run.resume:
             discard(run)
