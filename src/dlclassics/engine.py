@@ -5,11 +5,16 @@ gathers the shuffled copy once and then takes batches by slicing (no DataLoader,
 Python). A `step(model, batch) -> {"loss": ..., ...}` function says what one batch computes, so
 classifiers, autoencoders and VAEs all use the same `fit`. Experiments whose loop *is* the idea
 (MCMC, ALS, attacks, the optimiser study) write their own short loops instead.
+
+The loop never waits for the device within a window of steps: step outputs are read every
+`READ_EVERY` steps (`StepOutputs`). On CUDA it also captures the step as CUDA graphs and trains conv
+nets in bf16 and channels_last (`choose_acceleration`); on the CPU the step is the plain eager one.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import random
 import sys
@@ -22,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from dlclassics.distributed import DataParallel, Step
+from dlclassics.distributed import DataParallel, Step, world_size
 from dlclassics.errors import RunError
 from dlclassics.files import atomic_torch_save, load_tensor_file
 
@@ -204,13 +209,218 @@ def _set_rng_state(state: dict[str, Any]) -> None:
     random.setstate((3, tuple(state["python"]), None))
 
 
+# ---------------------------------------------------------------- reading the step outputs
+
+# Step outputs are read from the device once every this many steps (and at each epoch's end).
+READ_EVERY = 50
+
+
+class StepOutputs:
+    """One epoch's step outputs: kept on the device, read in windows, summed on the host in step order.
+
+    Reading a tensor's value (`.item()`) makes the host wait until the device has finished all the work
+    queued so far; once per step, that leaves a GPU idle while the host prepares the next step. So each
+    step only keeps a detached reference to its outputs (no copy, no kernel), and every `read_every`
+    steps, and at the epoch's end, the window is read with one transfer per output. Reading is also
+    when a non-finite loss is found, so a diverged run stops at most `read_every` steps late.
+
+    The values are then added to float64 sums on the host one step after another, exactly as a
+    per-step `.item()` loop adds them: the history's means are the same numbers to the last bit.
+    """
+
+    def __init__(self, epoch: int, read_every: int, record_iterations: bool) -> None:
+        if read_every < 1:
+            raise ValueError(f"read_every must be at least 1; got {read_every}")
+        self.epoch, self.read_every, self.record_iterations = epoch, read_every, record_iterations
+        self.sums: dict[str, float] = {}  # output name -> sum over steps of value x batch rows
+        self.losses: list[float] = []  # this process's part of each step's loss, when recorded
+        self.window: list[tuple[dict[str, torch.Tensor], float, float]] = []  # outputs, weight, share
+        self.steps = 0
+
+    def add(self, outputs: dict[str, torch.Tensor], weight: float, share: float) -> dict[str, float] | None:
+        """Keep one step's outputs (`weight`: the rows they average over); the latest values when this
+        step completed a window and it was read, else None."""
+        self.window.append(({key: value.detach() for key, value in outputs.items()}, weight, share))
+        self.steps += 1
+        return self.read() if len(self.window) >= self.read_every else None
+
+    def read(self) -> dict[str, float] | None:
+        """Read the window's outputs (one transfer each), stop on a non-finite loss, add them to the sums;
+        returns the last step's values (None for an empty window)."""
+        if not self.window:
+            return None
+        columns = {key: torch.stack([outputs[key] for outputs, _, _ in self.window]).tolist()
+                   for key in self.window[0][0]}
+        first_step = self.steps - len(self.window) + 1
+        values: dict[str, float] = {}
+        for index, (_, weight, share) in enumerate(self.window):
+            values = {key: column[index] for key, column in columns.items()}
+            self._check_finite(values["loss"], first_step + index)
+            for key, value in values.items():
+                self.sums[key] = self.sums.get(key, 0.0) + value * weight
+            if self.record_iterations:
+                self.losses.append(values["loss"] * share)
+        self.window.clear()
+        return values
+
+    def _check_finite(self, loss: float, step: int) -> None:
+        if not math.isfinite(loss):
+            raise RunError(f"the training loss became {loss} at epoch {self.epoch}, step {step} (read at step "
+                           f"{self.steps}); the run diverged. Lower the learning rate (--set lr=...) or check "
+                           "the inputs")
+
+
+# ---------------------------------------------------------------- using a GPU well
+
+@dataclasses.dataclass(frozen=True)
+class Acceleration:
+    """What `fit` does beyond the plain eager float32 step, chosen by `choose_acceleration`."""
+
+    capture: bool  # compile the step and replay it as CUDA graphs (see CapturedForward)
+    autocast: torch.dtype | None  # run the step's forward under autocast to this dtype
+    channels_last: bool  # keep the model's 4-D weights in NHWC layout
+
+
+PRECISIONS = ("auto", "bf16", "fp32")
+
+
+def is_conv_net(model: nn.Module) -> bool:
+    return any(isinstance(module, nn.Conv2d) for module in model.modules())
+
+
+def choose_acceleration(model: nn.Module, device: torch.device, *, capture: bool | None = None,
+                        precision: str = "auto", channels_last: bool | None = None,
+                        processes: int = 1) -> Acceleration:
+    """The accelerations `fit` uses for `model` on `device`; on anything but CUDA the plain step.
+
+    - capture: None means on for CUDA in a single process (a GPU step is launch-bound: one CUDA-graph
+      replay instead of dozens of kernel launches); False is the eager step; True also compiles on
+      the CPU (no CUDA graphs there, but the same code path, which is how the CPU tests check it).
+      Never under DistributedDataParallel, whose gradient hooks the capture would have to trace.
+    - precision: "auto" is bf16 autocast for conv nets on a GPU with native bf16 (tensor-core
+      convolutions; an MLP of a few small layers is launch-bound and keeps float32), "bf16" asks for it
+      on any CUDA device, "fp32" turns it off. bf16 keeps float32's exponent range: no loss scaling.
+    - channels_last: None means on for conv nets on CUDA (cuDNN's tensor-core kernels are NHWC);
+      False turns it off. On the CPU the model keeps the layout it was given.
+    """
+    if precision not in PRECISIONS:
+        raise RunError(f"unknown precision '{precision}'; use {', '.join(PRECISIONS)}")
+    on_cuda, conv = device.type == "cuda", is_conv_net(model)
+    wants_capture = capture if capture is not None else on_cuda
+    bf16 = on_cuda and (precision == "bf16" or (precision == "auto" and conv and
+                                                torch.cuda.is_bf16_supported(including_emulation=False)))
+    return Acceleration(capture=wants_capture and processes == 1,
+                        autocast=torch.bfloat16 if bf16 else None,
+                        channels_last=on_cuda and (channels_last if channels_last is not None else conv))
+
+
+def use_channels_last(model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    """Move the model's 4-D weights to channels_last, and any optimizer state of theirs with them.
+
+    The parameters stay the same objects (the optimizer keeps them); state loaded from a checkpoint
+    written in the other layout is copied into the new one, because the fused optimizer kernels need a
+    parameter, its gradient and its state in one layout.
+    """
+    model.to(memory_format=torch.channels_last)
+    for parameter, state in optimizer.state.items():
+        for key, value in state.items():
+            if isinstance(value, torch.Tensor) and value.shape == parameter.shape and value.stride() != parameter.stride():
+                state[key] = torch.empty_like(parameter).copy_(value)
+
+
+def compile_step(forward: Callable[..., dict[str, torch.Tensor]]) -> Callable[..., dict[str, torch.Tensor]]:
+    """torch.compile with CUDA graphs ("reduce-overhead": the compiled forward and backward are each
+    recorded once per shape and replayed), for shapes fixed at their first call."""
+    return torch.compile(forward, mode="reduce-overhead", dynamic=False)
+
+
+@functools.cache
+def note_once(text: str) -> None:
+    """A line on stderr, once per process (a search would otherwise repeat it for every trial)."""
+    print(f"dlclassics: {text}", file=sys.stderr, flush=True)
+
+
+class CapturedForward:
+    """The step's forward (its backward follows, through AOTAutograd), compiled and replayed.
+
+    Only full batches go through it: an epoch's smaller last batch would be a second shape to compile
+    and capture for one step, and runs eagerly. If the first compiled call fails (an operation the
+    compiler cannot trace, no C compiler), the step runs eagerly from then on, after a one-line note;
+    an error that is the step's own then shows itself again in the eager step. A CUDA graph's outputs
+    are overwritten by its next replay, so the outputs are copied out of it.
+    """
+
+    def __init__(self, forward: Callable[..., dict[str, torch.Tensor]], batch_size: int) -> None:
+        self.eager, self.batch_size = forward, batch_size
+        self.compiled: Callable[..., dict[str, torch.Tensor]] | None = compile_step(forward)
+        self.proven = False  # a compiled call has succeeded
+
+    def __call__(self, *batch: torch.Tensor) -> dict[str, torch.Tensor]:
+        if self.compiled is None or len(batch[0]) != self.batch_size:
+            return self.eager(*batch)
+        if self.proven:
+            return self._replay(batch)
+        try:
+            outputs = self._replay(batch)
+        except Exception as exc:  # whatever the compiler raised; the eager step tells a real error apart
+            self.compiled = None
+            first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            note_once(f"capturing the training step failed ({type(exc).__name__}: {first_line}); it runs eagerly")
+            return self.eager(*batch)
+        self.proven = True
+        return outputs
+
+    def _replay(self, batch: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
+        torch.compiler.cudagraph_mark_step_begin()
+        return {key: value.clone() for key, value in self.compiled(*batch).items()}
+
+
+def step_forward(parallel: DataParallel, acceleration: Acceleration,
+                 batch_size: int) -> Callable[..., dict[str, torch.Tensor]]:
+    """The forward half of a training step on a shard: the step function (under DDP when in a group),
+    under bf16 autocast and captured when `acceleration` says so. The backward stays outside autocast,
+    as PyTorch recommends: its gradients come out in the parameters' float32."""
+    def forward(*shard: torch.Tensor) -> dict[str, torch.Tensor]:
+        if acceleration.autocast is None:
+            return parallel.step(shard)
+        with torch.autocast("cuda", dtype=acceleration.autocast):
+            return parallel.step(shard)
+    return CapturedForward(forward, batch_size) if acceleration.capture else forward
+
+
+# ---------------------------------------------------------------- the loop
+
+def _restore(checkpoint: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
+             scheduler: torch.optim.lr_scheduler.LRScheduler | None, generator: torch.Generator
+             ) -> tuple[list[dict[str, float]], list[float], list[torch.Tensor], int]:
+    """Load a checkpoint written by `fit` into the model, optimizer, scheduler and random states; returns
+    its history, iterations, snapshots and the first epoch still to train."""
+    state = load_tensor_file(checkpoint, "a training checkpoint written by dlclassics")
+    try:
+        if not isinstance(state, dict):
+            raise TypeError(f"it holds a {type(state).__name__}, not a dict")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if scheduler is not None:
+            scheduler.load_state_dict(state["scheduler"])
+        generator.set_state(state["generator"])
+        _set_rng_state(state["rng"])
+        return state["history"], state["iterations"], state["snapshots"], int(state["epoch"]) + 1
+    except (KeyError, TypeError, IndexError, ValueError, RuntimeError, AttributeError) as exc:
+        reason = " ".join(str(exc).split())[:200] or type(exc).__name__
+        raise RunError(f"{checkpoint} is not a training checkpoint of this run ({reason}); delete that run "
+                       "folder and start a new run") from None
+
+
 def fit(model: nn.Module, data: Sequence[torch.Tensor], *, optimizer: torch.optim.Optimizer, epochs: int,
         batch_size: int, generator: torch.Generator, step: Step = classification_step,
         evaluate: Callable[[nn.Module, int], dict[str, float]] | None = None,
         on_epoch_end: Callable[[nn.Module, int, dict[str, float]], None] | None = None,
         scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
         checkpoint: Path | None = None, resume: bool = False, record_iterations: bool = False,
-        snapshot_parameters: bool = False, quiet: bool = False, desc: str = "train") -> FitResult:
+        snapshot_parameters: bool = False, quiet: bool = False, desc: str = "train",
+        read_every: int = READ_EVERY, capture: bool | None = None, precision: str = "auto",
+        channels_last: bool | None = None) -> FitResult:
     """Train `model` on in-memory tensors `data` (already on the model's device).
 
     Each epoch: shuffle with `generator`, step through batches of `batch_size`, average the step's
@@ -219,84 +429,75 @@ def fit(model: nn.Module, data: Sequence[torch.Tensor], *, optimizer: torch.opti
     checkpoint, training continues after the last saved epoch and ends with the same numbers as an
     uninterrupted run (on the CPU).
 
+    The step outputs stay on the device and are read every `read_every` steps (see `StepOutputs`): a
+    non-finite loss stops the run at most that many steps after it appeared. On CUDA the step is
+    captured, and conv nets train under bf16 autocast in channels_last; `capture`, `precision` and
+    `channels_last` turn these off or on (see `choose_acceleration`); on the CPU the step is the plain
+    eager one unless `capture=True`.
+
     In a torch.distributed process group (`dlclassics run --nproc N`, or torchrun), every process takes
     its shard of each batch of `batch_size` under DistributedDataParallel (see `distributed`); the
     history holds the means over the whole batch, and only rank 0 prints and writes the checkpoint.
     """
     n = len(data[0])
+    acceleration = choose_acceleration(model, next(model.parameters()).device, capture=capture,
+                                       precision=precision, channels_last=channels_last, processes=world_size())
+    if acceleration.channels_last:
+        use_channels_last(model, optimizer)
     history: list[dict[str, float]] = []
     iterations: list[float] = []
     snapshots: list[torch.Tensor] = []
     first_epoch = 1
     if resume and checkpoint is not None and checkpoint.exists():
-        state = load_tensor_file(checkpoint, "a training checkpoint written by dlclassics")
-        try:
-            if not isinstance(state, dict):
-                raise TypeError(f"it holds a {type(state).__name__}, not a dict")
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            if scheduler is not None:
-                scheduler.load_state_dict(state["scheduler"])
-            generator.set_state(state["generator"])
-            _set_rng_state(state["rng"])
-            history, iterations, snapshots = state["history"], state["iterations"], state["snapshots"]
-            first_epoch = int(state["epoch"]) + 1
-        except (KeyError, TypeError, IndexError, ValueError, RuntimeError, AttributeError) as exc:
-            reason = " ".join(str(exc).split())[:200] or type(exc).__name__
-            raise RunError(f"{checkpoint} is not a training checkpoint of this run ({reason}); delete that run "
-                           "folder and start a new run") from None
+        history, iterations, snapshots, first_epoch = _restore(checkpoint, model, optimizer, scheduler, generator)
+        if acceleration.channels_last:
+            use_channels_last(model, optimizer)
     parallel = DataParallel(model, step)
+    forward = step_forward(parallel, acceleration, batch_size)
     main_process = parallel.rank == 0
     progress = Progress(desc, epochs, first_epoch, math.ceil(n / batch_size), quiet or not main_process)
-    for epoch in range(first_epoch, epochs + 1):
-        model.train()
-        parallel.seed_shard_randomness(generator, epoch)
-        sums: dict[str, float] = {}
-        losses: list[float] = []  # this process's part of each step's loss
-        for batch in epoch_batches(data, batch_size, generator):
-            shard, share = parallel.shard(batch)
-            outputs = parallel.step(shard)
-            optimizer.zero_grad(set_to_none=True)
-            parallel.backward(outputs["loss"], share)
-            optimizer.step()
-            values = {key: value.item() for key, value in outputs.items()}
-            if not math.isfinite(values["loss"]):
-                progress.close()
-                raise RunError(f"the training loss became {values['loss']} at epoch {epoch}; the run diverged. "
-                               "Lower the learning rate (--set lr=...) or check the inputs")
-            weight = len(batch[0]) * share
-            for key, value in values.items():
-                sums[key] = sums.get(key, 0.0) + value * weight
-            if record_iterations:
-                losses.append(values["loss"] * share)
-            progress.step(values)
-        totals = parallel.total([*sums.values(), *losses])  # over the processes: the whole batches' numbers
-        sums = dict(zip(sums, totals))
-        iterations += totals[len(sums):]
-        if scheduler is not None:
-            scheduler.step()
-        row = {"epoch": epoch, **{f"train_{k}": v / n for k, v in sums.items()}}
-        if evaluate is not None:
-            row.update(evaluate(model, epoch))
-        history.append(row)
-        if snapshot_parameters:
-            snapshots.append(flat_parameters(model))
-        if on_epoch_end is not None:
-            on_epoch_end(model, epoch, row)
-        if checkpoint is not None and main_process:
-            atomic_torch_save(checkpoint, {
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                "generator": generator.get_state(), "rng": _rng_state(), "epoch": epoch,
-                "history": history, "iterations": iterations, "snapshots": snapshots})
-        progress.epoch_end(row)
-    progress.close()
+    try:
+        for epoch in range(first_epoch, epochs + 1):
+            model.train()
+            parallel.seed_shard_randomness(generator, epoch)
+            outputs = StepOutputs(epoch, read_every, record_iterations)
+            for batch in epoch_batches(data, batch_size, generator):
+                shard, share = parallel.shard(batch)
+                step_outputs = forward(*shard)
+                optimizer.zero_grad(set_to_none=True)
+                parallel.backward(step_outputs["loss"], share)
+                optimizer.step()
+                progress.step(outputs.add(step_outputs, len(batch[0]) * share, share))
+            outputs.read()
+            totals = parallel.total([*outputs.sums.values(), *outputs.losses])  # the whole batches' numbers
+            sums = dict(zip(outputs.sums, totals))
+            iterations += totals[len(sums):]
+            if scheduler is not None:
+                scheduler.step()
+            row = {"epoch": epoch, **{f"train_{k}": v / n for k, v in sums.items()}}
+            if evaluate is not None:
+                row.update(evaluate(model, epoch))
+            history.append(row)
+            if snapshot_parameters:
+                snapshots.append(flat_parameters(model))
+            if on_epoch_end is not None:
+                on_epoch_end(model, epoch, row)
+            if checkpoint is not None and main_process:
+                atomic_torch_save(checkpoint, {
+                    "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                    "generator": generator.get_state(), "rng": _rng_state(), "epoch": epoch,
+                    "history": history, "iterations": iterations, "snapshots": snapshots})
+            progress.epoch_end(row)
+    finally:
+        progress.close()
     return FitResult(history, iterations, snapshots)
 
 
 class Progress:
     """What a training prints on stderr: on a terminal a live bar (kept at the end) with each finished
-    epoch's line above it; into a file or pipe one line per epoch; nothing when quiet."""
+    epoch's line above it; into a file or pipe one line per epoch; nothing when quiet. The bar moves
+    every step; its numbers change when the step outputs are read (every `read_every` steps)."""
 
     def __init__(self, desc: str, epochs: int, first_epoch: int, steps_per_epoch: int, quiet: bool) -> None:
         self.desc, self.epochs, self.quiet = desc, epochs, quiet
@@ -314,10 +515,12 @@ class Progress:
             self.bar = tqdm(total=steps_per_epoch * max(0, epochs - first_epoch + 1), desc=desc, leave=True,
                             mininterval=0.5, dynamic_ncols=True, file=sys.stderr)
 
-    def step(self, values: dict[str, float]) -> None:
+    def step(self, values: dict[str, float] | None) -> None:
+        """One step done; `values` are the latest step outputs read, when this step read them."""
         if self.bar is not None:
             self.bar.update(1)
-            self.bar.set_postfix({k: f"{v:.4f}" for k, v in values.items()}, refresh=False)
+            if values:
+                self.bar.set_postfix({k: f"{v:.4f}" for k, v in values.items()}, refresh=False)
 
     def epoch_end(self, row: dict[str, float]) -> None:
         """One line: the epoch, its training means and held-out metrics, and the seconds it took."""

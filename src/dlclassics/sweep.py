@@ -490,8 +490,7 @@ def finished_trials(storage_url: str, study_name: str) -> int:
     """How many trials of the study in the database finished (0 when it cannot be read): whether a stopped
     run sharing a database has work to resume."""
     try:
-        storage = optuna.storages.RDBStorage(storage_url, engine_kwargs={"pool_size": 1, "max_overflow": 0})
-        study = optuna.load_study(study_name=study_name, storage=storage)
+        study = optuna.load_study(study_name=study_name, storage=open_storage(storage_url, Path(".")))
         return len(study.get_trials(deepcopy=False, states=(STATES.COMPLETE,)))
     except Exception:  # no such study yet, or the database is gone
         return 0
