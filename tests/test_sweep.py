@@ -42,7 +42,9 @@ def _rows(study):
 
 
 def test_workers_share_a_journal_study_and_resume(tmp_path):
-    study = sweep_toy.search(tmp_path, 12, 3, {}, quiet=True)
+    # Trials long enough (0.8 s) that one worker cannot take all 12 before the others have started,
+    # even when a busy machine makes their start (importing torch) take seconds.
+    study = sweep_toy.search(tmp_path, 12, 3, {"sleep": 0.8}, quiet=True)
     complete = _check_exact(study, 12)
     assert len({t.user_attrs["pid"] for t in complete}) >= 2  # the work really was shared
     again = sweep_toy.search(tmp_path, 15, 1, {}, quiet=True)
@@ -213,7 +215,7 @@ def _toy_on(url, folder, name, n_trials, workers, payload):
 
 
 def test_workers_share_a_postgres_study(postgres_url, tmp_path):
-    study = _toy_on(postgres_url, tmp_path, "pg", 10, 3, {})
+    study = _toy_on(postgres_url, tmp_path, "pg", 10, 3, {"sleep": 0.8})  # long enough for every worker to start
     complete = _check_exact(study, 10)
     assert len({t.user_attrs["pid"] for t in complete}) >= 2
 
