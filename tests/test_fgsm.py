@@ -74,16 +74,31 @@ def test_pgd_is_at_least_as_strong_as_fgsm_at_every_epsilon(trained):
     assert (by_pgd[1:] <= by_pgd[:-1]).all()  # fooled in a small ball is fooled in every larger one
 
 
-def test_pgd_stays_in_the_epsilon_ball_and_the_pixel_range(trained, monkeypatch):
+def test_fgsm_curve_is_predict_of_fgsm_image_by_image(trained):
+    """Each entry of the batched curve is the prediction on that image's own attacked copy, clamp included
+    (a curve without the clamp to [0, 1] differs at the larger epsilons)."""
     model, x, y = trained
-    seen = []
+    epsilons = [0.0, 0.05, 0.2, 0.3]
+    curve = fgsm.fgsm_curve(model, x, y, epsilons, batch_size=64)
+    clean = fgsm.predict(model, x) == y
+    for row, eps in zip(curve, epsilons):
+        expected = clean & (fgsm.predict(model, fgsm.fgsm(model, x, y, eps)) == y)
+        assert torch.equal(row, expected), eps
+
+
+def test_every_pgd_iterate_stays_in_the_epsilon_ball_and_the_pixel_range(trained, monkeypatch):
+    model, x, y = trained
+    eps, seen = 0.05, []
     real = fgsm.loss_gradient
-    monkeypatch.setattr(fgsm, "loss_gradient", lambda m, xs, ys: seen.append(xs.detach().clone()) or real(m, xs, ys))
-    fgsm.pgd_fooled(model, x[:32], y[:32], 0.05, steps=4, step_size=0.03, generator=torch.Generator().manual_seed(1))
-    assert seen and all(batch.min() >= 0 and batch.max() <= 1 for batch in seen)
-    first = seen[0]  # every image still active at step 1 is within eps of its clean image
-    clean = x[:32][(fgsm.predict(model, x[:32]) == y[:32])]
-    assert (first - clean).abs().max() <= 0.05 + 1e-6
+    monkeypatch.setattr(fgsm, "loss_gradient", lambda m, xs, ys: seen.append((xs.detach().clone(), ys)) or
+                        real(m, xs, ys))
+    fgsm.pgd_fooled(model, x[:64], y[:64], eps, steps=6, step_size=0.03, generator=torch.Generator().manual_seed(1))
+    assert len(seen) >= 3  # several steps were taken
+    # Each iterate is matched to its clean image by label order: the active images shrink but keep their order.
+    for batch, labels in seen:
+        assert batch.min() >= 0 and batch.max() <= 1
+        distances = (batch.unsqueeze(1) - x[:64].unsqueeze(0)).abs().flatten(2).amax(2)  # [active, 64]
+        assert (distances.min(1).values <= eps + 1e-6).all()  # every iterate lies in some image's ball
 
 
 def test_each_producers_pixel_scaling_is_the_input_its_experiment_trained_on():

@@ -262,6 +262,24 @@ def test_als_half_step_is_the_source_normal_equations():
     assert np.allclose(als.user_factors_.numpy(), users, atol=1e-10)
 
 
+def test_biased_als_item_step_is_the_ridge_solve_with_its_two_penalties():
+    """After a sweep, every item's [b_i, q_i] is the ridge solution against the users' [1, p_u] and targets
+    r - mu - b_u, with reg_bias on the bias and reg on the factors (two different penalties: swapping them
+    changes the solution)."""
+    ratings = _small(n_ratings=900)
+    model = BiasedALS(rank=3, reg=7.0, reg_bias=0.5, sweeps=2, seed=1).fit(ratings)
+    users, items, values = ratings.users.numpy(), ratings.items.numpy(), ratings.values.numpy()
+    features = np.hstack([np.ones((ratings.n_users, 1)), model.user_factors_.numpy()])
+    penalty = np.diag([0.5, 7.0, 7.0, 7.0])
+    for item in range(ratings.n_items):
+        rated = items == item
+        f = features[users[rated]]
+        target = values[rated] - model.global_mean_ - model.user_bias_.numpy()[users[rated]]
+        solution = np.linalg.solve(f.T @ f + penalty, f.T @ target)
+        assert np.allclose(solution, [model.item_bias_[item].item(), *model.item_factors_[item].numpy()],
+                           atol=1e-8), item
+
+
 def test_truncated_svd_refuses_a_rank_above_the_matrix():
     with pytest.raises(ValueError, match="rank must be between 1 and 50"):
         TruncatedSVD(51).fit(_small())

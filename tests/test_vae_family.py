@@ -109,6 +109,22 @@ def test_importance_sampling_converges_to_the_exact_ppca_likelihood():
     assert stderrs[4] == pytest.approx(stderrs[3] * math.sqrt(1000 / 20000), rel=0.2)
 
 
+def test_the_iwae_estimate_lies_between_the_elbo_and_log_p():
+    """Both sides: the K-sample estimate is above the ELBO (the mean log weight) for every image, by Jensen,
+    and not above log p(x) beyond its Monte Carlo error; constant weights give back that constant (so the
+    estimate's - log K is where it belongs)."""
+    exact, mu, log_sigma, log_joint = _ppca()
+    log_w = V.importance_log_weights(log_joint, mu + 0.2, log_sigma + 0.5, 2000, torch.Generator().manual_seed(1),
+                                     chunk=500)
+    estimate, stderr = V.log_mean_exp_with_stderr(log_w)
+    elbo = log_w.mean(0)
+    assert (elbo <= estimate).all() and (estimate - elbo).mean() > 0.1
+    assert (estimate <= exact + 4 * stderr + 1e-9).all()
+    assert (exact - estimate).abs().mean() < 0.05
+    flat, flat_error = V.log_mean_exp_with_stderr(torch.full((500, 3), -7.25, dtype=torch.float64))
+    assert torch.allclose(flat, torch.full((3,), -7.25, dtype=torch.float64)) and (flat_error.abs() < 1e-12).all()
+
+
 # ---------------------------------------------------------------- Monte Carlo error and effective sample size
 
 def test_effective_sample_size_closed_forms():
