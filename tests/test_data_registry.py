@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from conftest import make_class_images, write_image_dataset
 
 from dlclassics.cli import main
@@ -145,7 +146,7 @@ def test_raw_and_gzip_files_load_the_same(tmp_path, image_data_dir):
     write_image_dataset(tmp_path / "raw" / "mnist", gzip=False)
     raw = images.load_images("mnist", tmp_path / "raw")
     packed = images.load_images("mnist", image_data_dir)
-    assert raw.train_x.dtype == packed.train_x.dtype == np.uint8 or raw.train_x.shape == (600, 28, 28)
+    assert raw.train_x.dtype == packed.train_x.dtype == torch.uint8 and raw.train_x.shape == (600, 28, 28)
     assert (raw.train_x == packed.train_x).all() and (raw.test_y == packed.test_y).all()
 
 

@@ -1,4 +1,5 @@
-"""The shared training loop: it learns, guards against NaN, resumes exactly, decays weights only."""
+"""The shared training loop: it learns, guards against NaN, resumes exactly, decays weights only, and reads
+the step outputs once per window of steps with the numbers a per-step read gives."""
 
 import io
 import json
@@ -11,6 +12,7 @@ from torch import nn
 
 from dlclassics.cli import main
 from dlclassics.engine import (
+    classification_step,
     fit,
     flat_parameters,
     held_out,
@@ -124,6 +126,51 @@ def test_nan_loss_stops_with_a_clear_error():
     optimizer = make_optimizer("sgd", model, 0.1)
     with pytest.raises(RunError, match="diverged"):
         fit(model, (x, y), optimizer=optimizer, epochs=1, batch_size=300, generator=torch.Generator(), quiet=True)
+
+
+def test_a_non_finite_loss_stops_the_run_within_read_every_steps_and_names_its_step():
+    calls = []
+
+    def step(model, batch):
+        outputs = classification_step(model, batch)
+        calls.append(len(batch[0]))
+        if len(calls) == 3:
+            outputs["loss"] = outputs["loss"] * float("nan")
+        return outputs
+
+    with pytest.raises(RunError, match=r"became nan at epoch 1, step 3 \(read at step 5\); the run diverged"):
+        _train(2, step=step, read_every=5)
+    assert len(calls) == 5  # steps 4 and 5 ran before the window was read, none after
+
+
+@pytest.mark.parametrize("read_every", [1, 3, 50])
+def test_the_history_is_the_per_step_reading_to_the_last_bit(read_every):
+    """Windows are summed on the host in step order, as a loop calling .item() each step sums them."""
+    seen = []
+
+    def step(model, batch):
+        outputs = classification_step(model, batch)
+        seen.append((len(batch[0]), {key: value.item() for key, value in outputs.items()}))
+        return outputs
+
+    _, result = _train(2, step=step, record_iterations=True, read_every=read_every)
+    assert result.iterations == [values["loss"] for _, values in seen]
+    steps_per_epoch = len(seen) // 2
+    for epoch, row in enumerate(result.history):
+        sums = {"loss": 0.0, "accuracy": 0.0}
+        for rows, values in seen[epoch * steps_per_epoch:(epoch + 1) * steps_per_epoch]:
+            for key in sums:
+                sums[key] += values[key] * rows
+        assert row["train_loss"] == sums["loss"] / 256 and row["train_accuracy"] == sums["accuracy"] / 256
+
+
+def test_step_outputs_are_read_once_per_window_not_once_per_step(monkeypatch):
+    reads = []
+    tolist = torch.Tensor.tolist
+    monkeypatch.setattr(torch.Tensor, "tolist", lambda self: reads.append(len(self)) or tolist(self))
+    monkeypatch.setattr(torch.Tensor, "item", lambda self: pytest.fail("a value was read in a step"))
+    _train(1, read_every=3)  # 8 steps of 32 rows
+    assert reads == [3, 3, 3, 3, 2, 2]  # loss and accuracy of steps 1-3, 4-6, then the epoch's last 2
 
 
 def test_weight_decay_applies_to_weights_not_biases():

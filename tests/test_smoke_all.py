@@ -57,9 +57,46 @@ def check_run_folder(folder: Path) -> None:
     assert not [path for path in folder.rglob("*") if path.name.endswith(".tmp")]
 
 
+# One number each quick run must reach on the generated data (learnable classes, known structure): far
+# from what an untrained model, a broken loss or a mix-up of splits gives, with room for other machines.
+REACHES: dict[str, Callable[[dict], bool]] = {
+    "mnist-mlp": lambda m: m["test_accuracy"] >= 0.9,  # chance 0.1
+    "mnist-classifier": lambda m: m["test_accuracy"] >= 0.9,
+    "fashion-mlp": lambda m: m["test_accuracy"] >= 0.3,  # one epoch per trial, one retraining epoch
+    "fashion-mlp-enhanced": lambda m: m["test_accuracy"] >= 0.5,
+    "cifar-linear": lambda m: m["test_accuracy"] >= 0.9,
+    "cifar-mlp": lambda m: m["test_accuracy"] >= 0.9,
+    "cifar-cnn": lambda m: m["test_accuracy"] >= 0.25,
+    "cifar-lenet-search": lambda m: m["best_val_accuracy"] >= 0.4,
+    "cifar-transfer": lambda m: m["scratch_test_accuracy"] >= 0.5,
+    "fgsm": lambda m: m["clean_accuracy"] >= 0.9 and m["pgd_accuracy_0.3"] <= 0.5,  # the attack does damage
+    "dense-autoencoder": lambda m: m["test_mse"] < 0.2,
+    "vae": lambda m: m["val_loss"] < 784 * math.log(2),  # better than a fair coin per pixel
+    "latent-optimization": lambda m: m["lo_mu_travelled"] > 0.05,  # the table's means moved
+    "vae-loglik": lambda m: m["test_elbo"] < m["test_logp"],  # the ELBO is below the K-sample estimate
+    "topic-vae": lambda m: m["npmi_doc"] > 0.0,
+    "autoencoder-vs-pca": lambda m: m["pca_test_mse_h16"] <= m["linear_test_mse_h16"],  # PCA is optimal
+    "least-squares": lambda m: m["theta_max_abs_error"] < 0.05,
+    "optimizers-noisy": lambda m: m["best_test_loss_adam_g2"] < 3.0,
+    "he-init": lambda m: m["he_relu_max_drift"] < 0.2,  # He keeps the variance flat
+    "loss-landscape": lambda m: m["centre_loss_gap"] < 1e-4 and m["trajectory_plane_gap"] < 1e-4,
+    "movielens": lambda m: m["five_fold_rmse"] < 1.0,
+    "low-rank": lambda m: m["eckart_young_max_deviation"] < 1e-10,
+    "energy-regressor": lambda m: m["train_loss"] < 1.5 * m["test_energy_variance"],
+    "mcmc-sampling": lambda m: m["mala_acceptance_rate"] > 0.5,
+}
+
+
 @pytest.mark.parametrize("experiment", list(registry.EXPERIMENTS))
 def test_every_experiment_runs_quick(experiment: str, quick_run: QuickRun) -> None:
-    check_run_folder(quick_run(experiment))
+    folder = quick_run(experiment)
+    check_run_folder(folder)
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert REACHES[experiment](metrics), metrics
+
+
+def test_every_experiment_has_a_number_to_reach() -> None:
+    assert set(REACHES) == set(registry.EXPERIMENTS)
 
 
 @pytest.mark.parametrize("experiment, producer", sorted(PRODUCERS.items()))

@@ -210,7 +210,8 @@ def test_quick_run_on_a_folder(tmp_path):
 def test_synthetic_quick_run_reports_recovery_and_is_reproducible(tmp_path):
     first = _metrics(run_quick("topic-vae", tmp_path, tmp_path / "a", "--dataset", "synthetic"))
     again = _metrics(run_quick("topic-vae", tmp_path, tmp_path / "b", "--corpus", "synthetic"))
-    assert 0 < first["recovery"] <= 1 and 0 < first["lda_recovery"] <= 1 and "npmi_window" not in first
+    assert 0 < first["recovery"] <= 1 and "npmi_window" not in first
+    assert first["lda_recovery"] > 0.6  # at quick size LDA already finds most true topics (0.74 measured)
     timing = ("train_time_s", "lda_time_s", "wall_time_s")
     assert {k: v for k, v in first.items() if k not in timing} == {k: v for k, v in again.items() if k not in timing}
 
@@ -231,7 +232,7 @@ def test_training_recovers_known_topics(tmp_path):
     model, _ = topic_vae.train(cfg, run, data)
     before = topics.topic_recovery(untrained.topic_word(), data.true_topics).mean
     after = topics.topic_recovery(model.topic_word(), data.true_topics).mean
-    assert before < 0.35 and after > 0.5
+    assert before < 0.35 and after > 0.55 and after - before > 0.25  # measured: 0.29 -> 0.59
 
 
 def _one_line(capsys) -> str:
