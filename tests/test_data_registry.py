@@ -210,3 +210,17 @@ def test_a_new_image_dataset_needs_only_its_spec(tmp_path, monkeypatch, capsys):
         assert json.loads((folder / "metrics.json").read_text())["test_accuracy"] > 0.25  # it learned something
     assert main(["run", "mnist-mlp", "--dry-run", "--dataset", "no-such-set"]) == 2
     assert "tiny-digits" in _one_line(capsys)  # the choices come from the registry
+
+
+FASHION_FROM_DEBIAN = Path("/usr/share/datasets/fashion-mnist")
+
+
+@pytest.mark.skipif(not FASHION_FROM_DEBIAN.is_dir(), reason=f"Debian's dataset-fashion-mnist is not installed at "
+                                                            f"{FASHION_FROM_DEBIAN}")
+def test_the_installed_fashion_mnist_matches_the_shipped_checksums():
+    """The real files, not generated ones: every split of Debian's Fashion-MNIST passes the sha256 values
+    this package ships (CI installs the package; the other tests switch the checksums off)."""
+    folder, splits = registry.status("fashion-mnist", FASHION_FROM_DEBIAN.parent)
+    assert folder == FASHION_FROM_DEBIAN
+    assert [(split.split, split.state) for split in splits] == [("train", "ok"), ("test", "ok")]
+    assert all(entry.sha256 for entry in registry.dataset("fashion-mnist").files)

@@ -118,21 +118,26 @@ def _conv_net():
 
 def test_accelerations_are_chosen_for_cuda_and_left_off_on_the_cpu(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
-    cpu, cuda, net = torch.device("cpu"), torch.device("cuda"), mlp(4, [3], 2)
-    assert choose_acceleration(_conv_net(), cpu) == Acceleration(capture=False, autocast=None, channels_last=False)
-    assert choose_acceleration(_conv_net(), cpu, precision="bf16", channels_last=True) == Acceleration(False, None, False)
-    assert choose_acceleration(net, cpu, capture=True).capture  # compiled on the CPU too, when asked for
-    assert choose_acceleration(_conv_net(), cuda) == Acceleration(True, torch.bfloat16, True)
-    assert choose_acceleration(net, cuda) == Acceleration(True, None, False)  # an MLP keeps float32
-    assert choose_acceleration(net, cuda, precision="bf16", channels_last=True) == Acceleration(True, torch.bfloat16,
-                                                                                                True)
-    assert choose_acceleration(_conv_net(), cuda, capture=False, precision="fp32",
-                               channels_last=False) == Acceleration(False, None, False)
-    assert not choose_acceleration(net, cuda, capture=True, processes=2).capture  # never under DDP
+    cpu, cuda, net, long = torch.device("cpu"), torch.device("cuda"), mlp(4, [3], 2), engine.CAPTURE_MIN_STEPS
+
+    def chosen(model, device, steps=long, **options):
+        return choose_acceleration(model, device, steps=steps, **options)
+
+    assert chosen(_conv_net(), cpu) == Acceleration(capture=False, autocast=None, channels_last=False)
+    assert chosen(_conv_net(), cpu, precision="bf16", channels_last=True) == Acceleration(False, None, False)
+    assert chosen(net, cpu, capture=True).capture  # compiled on the CPU too, when asked for
+    assert chosen(_conv_net(), cuda) == Acceleration(True, torch.bfloat16, True)
+    assert chosen(net, cuda) == Acceleration(True, None, False)  # an MLP keeps float32
+    assert chosen(net, cuda, steps=long - 1) == Acceleration(False, None, False)  # too short to repay compiling
+    assert chosen(net, cuda, steps=10, capture=True).capture
+    assert chosen(net, cuda, precision="bf16", channels_last=True) == Acceleration(True, torch.bfloat16, True)
+    assert chosen(_conv_net(), cuda, capture=False, precision="fp32",
+                  channels_last=False) == Acceleration(False, None, False)
+    assert not chosen(net, cuda, capture=True, processes=2).capture  # never under DDP
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: False)
-    assert choose_acceleration(_conv_net(), cuda).autocast is None  # no native bf16: float32
+    assert chosen(_conv_net(), cuda).autocast is None  # no native bf16: float32
     with pytest.raises(RunError, match="unknown precision 'fp16'"):
-        choose_acceleration(net, cpu, precision="fp16")
+        chosen(net, cpu, precision="fp16")
 
 
 def _fit_small(epochs=2, **options):

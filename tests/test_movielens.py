@@ -371,3 +371,16 @@ def test_movielens_runs_on_a_ratings_file(tmp_path):
     assert code == 0
     (folder,) = (tmp_path / "runs" / "movielens").iterdir()
     assert len((folder / "five_fold.csv").read_text().splitlines()) == 1 + 4 * 3
+
+
+@needs_real_data
+def test_the_readme_numbers_hold_on_the_real_folds(tmp_path):
+    """The README's MovieLens rows: five-fold RMSE 0.8969 and MAE 0.703 (Bayesian MF on u1..u5), the source's
+    item-mean MSE 1.064 and ALS's best rank 5 (ranks around 5 suffice to show it: about 15 s)."""
+    assert main(["run", "movielens", "--quiet", "--no-site", "--data-dir", str(REAL.parent), "--out", str(tmp_path),
+                 "--set", "als_ranks=2,5,10", "--set", "svd_ranks=1,5"]) == 0
+    (folder,) = (tmp_path / "movielens").iterdir()
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert metrics["five_fold_rmse"] == pytest.approx(0.8969, abs=5e-5)
+    assert metrics["five_fold_mae"] == pytest.approx(0.7030, abs=5e-5)
+    assert metrics["item_mean_test_mse"] == pytest.approx(1.064, abs=5e-4) and metrics["als_best_rank"] == 5
