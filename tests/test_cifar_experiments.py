@@ -181,3 +181,22 @@ def test_convnet_benchmark_quick_run_writes_every_number(tmp_path):
     assert json.loads((tmp_path / "bench.json").read_text()) == json.loads(json.dumps(results))
     for key in ("tuned_images_per_s", "source_engine_images_per_s", "source_loop_images_per_s", "fraction_of_peak"):
         assert results[key] > 0
+
+
+def test_a_resumed_cnn_follows_its_learning_rate_schedule_as_an_uninterrupted_one(data_dir, tmp_path):
+    """cifar-cnn's warm-up/decay schedule is in the checkpoint: stopped in epoch 3 of 4 and resumed, the run
+    ends with the same numbers as one that ran straight through."""
+    from conftest import interrupted_at_evaluation
+
+    from dlclassics.cli import main
+
+    options = ("--epochs", "4", "--set", "warmup_epochs=2")
+    straight = _metrics(run_quick("cifar-cnn", data_dir, tmp_path / "straight", *options))
+    argv = ["run", "cifar-cnn", "--quick", "--quiet", "--device", "cpu", "--data-dir", str(data_dir),
+            "--out", str(tmp_path / "resumed"), *options]
+    with interrupted_at_evaluation(3):
+        assert main(argv) == 1
+    resumed = _metrics(run_quick("cifar-cnn", data_dir, tmp_path / "resumed", *options, "--resume"))
+    timing = {key for key in straight if key.endswith("_s") or "per_s" in key or "gflop_per_s" in key}
+    assert {k: v for k, v in resumed.items() if k not in timing and k != "wall_time_this_part_s"} == \
+           {k: v for k, v in straight.items() if k not in timing}

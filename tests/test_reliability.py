@@ -344,3 +344,22 @@ def test_a_lost_resource_after_a_checkpoint_keeps_the_run_resumable(toy, tmp_pat
     assert folder.name.endswith(INCOMPLETE) and (folder / "checkpoint.pt").is_file()
     toy.FAIL = None
     assert _toy(tmp_path, "--resume", str(folder)) == 0
+
+
+# ---------------------------------------------------------------- 26. promises kept
+
+def test_the_same_seed_and_threads_give_bit_identical_models_in_two_processes(data_dir_for_processes, tmp_path):
+    import subprocess
+    import sys
+
+    models = []
+    for name in ("first", "second"):
+        out = tmp_path / name
+        subprocess.run([sys.executable, "-m", "dlclassics", "run", "mnist-classifier", "--quick", "--quiet",
+                        "--no-site", "--threads", "1", "--device", "cpu", "--data-dir", str(data_dir_for_processes),
+                        "--out", str(out)], check=True, timeout=600)
+        (folder,) = (out / "mnist-classifier").iterdir()
+        models.append(torch.load(folder / "model.pt", weights_only=True))
+    assert models[0].keys() == models[1].keys()
+    for key in models[0]:
+        assert models[0][key].numpy().tobytes() == models[1][key].numpy().tobytes(), key
