@@ -11,6 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
 from dlclassics import sweep
 
 
@@ -18,6 +20,7 @@ def make_objective(payload):
     def objective(trial):
         x = trial.suggest_float("x", -5.0, 5.0)
         trial.set_user_attr("pid", os.getpid())
+        trial.set_user_attr("threads", torch.get_num_threads())
         if sweep.trial_index(trial) == payload.get("die_at") and not Path(payload["marker"]).exists():
             Path(payload["marker"]).touch()
             os.kill(os.getpid(), signal.SIGKILL)

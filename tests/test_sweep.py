@@ -78,6 +78,8 @@ def test_killed_worker_on_the_journal_is_replaced_in_the_same_run(tmp_path, caps
     failed = [t for t in study.get_trials() if t.state == STATES.FAIL]
     assert [sweep.trial_index(t) for t in failed] == [1]  # its trial: failed, not "running" forever
     assert "exit codes [-9]" in capsys.readouterr().err
+    # Wherever a trial ran, the dead worker's included, it ran on a worker's thread count, so it scores the same.
+    assert {t.user_attrs["threads"] for t in sweep.completed_trials(study)} == {sweep.worker_threads(2)}
 
 
 def test_ctrl_c_then_resume_equals_the_uninterrupted_search(tmp_path, capsys):
