@@ -16,35 +16,19 @@ from typing import Any
 import torch
 
 from dlclassics import plots
-from dlclassics.config import (
-    BaseConfig,
-    batch_size_option,
-    dataset_option,
-    epochs_option,
-    limit_option,
-    lr_option,
-    option,
-)
-from dlclassics.data.images import image_datasets
 from dlclassics.data.transforms import flat_float, subsample
 from dlclassics.engine import check_classifier_loss, cosine_schedule, evaluate_classifier, held_out, make_optimizer
 from dlclassics.models.mlp import mlp
 from dlclassics.runs import Reference, Run
-from dlclassics.training.classifiers import MlpLayers
+from dlclassics.training.classifiers import ClassifierTraining, MlpLayers
 
 TITLE = "MLP classifier on MNIST (S3)"
 
 
 @dataclasses.dataclass(frozen=True)
-class Config(MlpLayers, BaseConfig):
-    """The network's options (`MlpLayers`, which a consumer of this run reads back) and its training's."""
-
-    dataset: str = dataset_option("mnist", image_datasets)
-    lr: float = lr_option(2e-3)
-    batch_size: int = batch_size_option(128)
-    epochs: int = epochs_option(10)
-    cosine: bool = option(True, "decay the learning rate to 0 along a cosine over the epochs")
-    limit: int = limit_option()
+class Config(MlpLayers, ClassifierTraining):
+    """The network's options (`MlpLayers`, which a consumer of this run reads back) and its training's
+    (the same as mnist-classifier's CNN)."""
 
 
 RECIPES = {"seed": {"lr": 1e-3, "batch_size": 64, "epochs": 15, "cosine": False}, "tuned": {}}

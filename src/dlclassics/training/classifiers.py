@@ -84,17 +84,23 @@ class NoOptions:
 # ---------------------------------------------------------------- mnist-classifier's CNN, trained
 
 @dataclasses.dataclass(frozen=True)
-class CnnConfig(SmallCnn, BaseConfig):
-    """mnist-classifier's options: the CNN and its training (`fgsm` trains the same CNN for its victim)."""
+class ClassifierTraining(BaseConfig):
+    """How the two MNIST classifiers train (S3's MLP, S4's CNN): Adam, a cosine decay, the same budget."""
 
     dataset: str = dataset_option("mnist", image_datasets)
     lr: float = lr_option(2e-3)
     batch_size: int = batch_size_option(128)
     epochs: int = epochs_option(10)
     cosine: bool = option(True, "decay the learning rate to 0 along a cosine over the epochs")
+    limit: int = limit_option()
+
+
+@dataclasses.dataclass(frozen=True)
+class CnnConfig(SmallCnn, ClassifierTraining):
+    """mnist-classifier's options: the CNN and its training (`fgsm` trains the same CNN for its victim)."""
+
     val_fraction: float = option(0.1, "fraction of the training split held out for validation", low=0.0,
                                  high=0.5, low_open=True)
-    limit: int = limit_option()
 
 
 # The smoke-test size of mnist-classifier, and of the CNN `fgsm` trains.
