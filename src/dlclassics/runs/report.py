@@ -11,7 +11,8 @@ import dataclasses
 import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import Any, Protocol
 
 import torch
 
@@ -19,8 +20,19 @@ from dlclassics import __version__
 from dlclassics.files import atomic_write_json, atomic_write_text
 from dlclassics.runs.folder import REFERENCES, REPORT, REPORT_PARTS, git_commit, machine_summary
 
-if TYPE_CHECKING:
-    from dlclassics.runs.session import Run
+
+class ReportedRun(Protocol):
+    """What the report reads of a run (the session's `Run` is one): where it is, what it found, how it ran."""
+
+    experiment: str
+    dir: Path
+    config: Any
+    device: torch.device
+    comparable: bool
+    notes: list[str]
+    sections: list[tuple[str, str]]
+    figures: list[tuple[str, str]]
+    parts: list[dict[str, Any]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,7 +82,7 @@ def reference_rows(references: Iterable[Reference], metrics: Mapping[str, Any], 
             for ref in references]
 
 
-def write_report(run: Run, title: str, metrics: Mapping[str, Any], references: Iterable[Reference]) -> None:
+def write_report(run: ReportedRun, title: str, metrics: Mapping[str, Any], references: Iterable[Reference]) -> None:
     """report.md: what ran, the numbers beside the source's, figures, notes, wall time and machine."""
     dataset = getattr(run.config, "dataset", None)
     rows = reference_rows(references, metrics, dataset, run.comparable)
