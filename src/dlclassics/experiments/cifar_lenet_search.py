@@ -47,7 +47,6 @@ from dlclassics.engine import (
     evaluate_classifier,
     fit,
     held_out,
-    resolve_device,
     seed_everything,
     sgd,
 )
@@ -113,8 +112,8 @@ class Prepared:
         return nn.Sequential(Pixels(*self.stats), *lenet(**params, classes=self.classes)).to(self.split.train_x.device)
 
 
-def prepare(cfg: Config, data: ImageData) -> Prepared:
-    split = split_data(data, cfg.val_fraction, cfg.seed, cfg.limit, resolve_device(cfg.device))
+def prepare(cfg: Config, data: ImageData, device: torch.device) -> Prepared:
+    split = split_data(data, cfg.val_fraction, cfg.seed, cfg.limit, device)
     stats = channel_stats(split.train_x) if cfg.standardize else ([0.5] * 3, [0.5] * 3)
     return Prepared(split, stats, len(data.classes))
 
@@ -152,7 +151,7 @@ def worker_objective(payload: dict[str, Any]) -> sweep.Objective:
     """The objective of a sweep worker process (module-level, built from plain data), on the data it loads once."""
     cfg = resolve(Config, payload["config"])
     data = cifar.load(cfg.dataset, payload["data_dir"], payload["carve_test"], payload["unverified"])
-    return objective(cfg, prepare(cfg, data), Trials(Path(payload["trials_dir"])))
+    return objective(cfg, prepare(cfg, data, torch.device(payload["device"])), Trials(Path(payload["trials_dir"])))
 
 
 @dataclasses.dataclass
@@ -176,9 +175,10 @@ class Trials:
 def run(cfg: Config, run: Run) -> dict[str, Any]:
     data = run.load_images(cfg.dataset, cifar.load)  # checks the data (and notes it) before any worker starts
     trials = Trials(run.dir / "trials")
-    payload = {"config": dataclasses.asdict(cfg), "data_dir": str(run.data_dir) if run.data_dir else None,
+    payload = {"config": dataclasses.asdict(cfg), "device": str(run.device),  # resolved once, by the session
+               "data_dir": str(run.data_dir) if run.data_dir else None,
                "carve_test": run.carve_test, "unverified": run.unverified, "trials_dir": str(trials.folder)}
-    prepared = prepare(cfg, data)
+    prepared = prepare(cfg, data, run.device)
     signature = {"space": {name: list(bounds) for name, bounds in SPACE.items()},
                  **{k: v for k, v in payload["config"].items() if k != "device"}}
     plan = sweep.Search(cfg.trials, signature, sampler=cfg.sampler, seed=cfg.seed, metric="validation accuracy")

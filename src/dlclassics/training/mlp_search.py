@@ -47,7 +47,6 @@ from dlclassics.engine import (
     flat_parameters,
     held_out,
     make_optimizer,
-    resolve_device,
     seed_everything,
 )
 from dlclassics.errors import UsageError
@@ -219,6 +218,7 @@ class TrialSetup:
     """What a sweep worker process needs to rebuild the objective: plain values, sent by pickling."""
 
     config: dict[str, Any]  # the TRIAL_FIELDS of the config
+    device: str  # the run's device, resolved once by the session
     space: SearchSpace
     data_dir: Path | None
     carve_test: float
@@ -229,7 +229,7 @@ def worker_objective(setup: TrialSetup) -> sweep.Objective:
     """The objective of a sweep worker process, on the data it loads once."""
     cfg = SearchConfig(**setup.config)
     images = load_images(cfg.dataset, setup.data_dir, setup.carve_test, setup.unverified)
-    return objective(cfg, setup.space, prepared_data(cfg, images, resolve_device(cfg.device)))
+    return objective(cfg, setup.space, prepared_data(cfg, images, torch.device(setup.device)))
 
 
 # ---------------------------------------------------------------- search, then retrain
@@ -256,7 +256,7 @@ def search(cfg: SearchConfig, run: Run, data: dict[str, torch.Tensor], space: Se
                  **{k: v for k, v in trial_config.items() if k != "device"}}
     plan = sweep.Search(cfg.trials, signature, sampler=cfg.sampler, seed=cfg.seed, grid=space,
                         metric="validation accuracy")
-    setup = TrialSetup(trial_config, space, run.data_dir, run.carve_test, run.unverified)
+    setup = TrialSetup(trial_config, str(run.device), space, run.data_dir, run.carve_test, run.unverified)
     return search_on_run(run, objective(cfg, space, data), plan, sweep.WorkerObjective(worker_objective, setup),
                          study_suffix)
 
