@@ -148,6 +148,10 @@ ROWS = [
     row("narrow-l2-negative", lambda i: ["fashion-mlp", "--set", "narrow=l2=-0.5"], 2, "option 'narrow=l2' must be >= 0"),
     row("narrow-epochs-typo", lambda i: ["fashion-mlp", "--set", "narrow=epochs=100000"], 2,
         "option 'narrow=epochs' must be <= 10,000"),
+    row("storage-unreachable", lambda i: ["fashion-mlp", "--quick", "--storage",  # not --quiet: no "join it" advice
+                                          "postgresql+psycopg2://user:secret@127.0.0.1:1/optuna",
+                                          "--data-dir", str(i.data), "--device", "cpu"],
+        1, "cannot open the study storage postgresql+psycopg2://user:***@127.0.0.1:1/optuna"),
     row("config-fifo", lambda i: ["mnist-mlp", "--config", str(i.fifo("c.toml"))], 2, "is not a regular file"),
     # ---- a producer's config.json that was edited
     row("victim-hidden-1e12", lambda i: i.victim({"hidden": 10 ** 12, "dataset": "mnist"}), 2,

@@ -363,3 +363,18 @@ def test_the_same_seed_and_threads_give_bit_identical_models_in_two_processes(da
     assert models[0].keys() == models[1].keys()
     for key in models[0]:
         assert models[0][key].numpy().tobytes() == models[1][key].numpy().tobytes(), key
+
+
+# ---------------------------------------------------------------- 22. a busy machine changes no message
+
+def test_on_a_busy_machine_a_usage_error_is_still_one_line_and_the_hint_comes_with_training(toy, tmp_path, capsys,
+                                                                                          monkeypatch):
+    from dlclassics import distributed
+
+    monkeypatch.setattr(distributed, "other_runnable", lambda samples=5: 4.0)  # four other threads want the cores
+    monkeypatch.setattr(distributed, "TORCH_DEFAULT_THREADS", 2)
+    monkeypatch.setattr(distributed, "available_cores", lambda: 2)
+    assert _toy(tmp_path, "--set", "lr=-1") == 2
+    assert "option 'lr' must be > 0.0" in _one_line(capsys)
+    assert _toy(tmp_path) == 0  # a run that starts: the hint is printed once it has started
+    assert "other work keeps this machine busy" in capsys.readouterr().err
