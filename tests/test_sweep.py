@@ -298,3 +298,28 @@ def test_a_storage_that_went_away_is_a_lost_resource_and_other_errors_stay_thems
     with pytest.raises(ZeroDivisionError):  # a bug in the objective is not blamed on the storage
         with sweep._storage_guard(Reachable()):
             raise ZeroDivisionError
+
+
+def _children(pid: int) -> list[int]:
+    return [int(child) for task in Path(f"/proc/{pid}/task").iterdir()
+            for child in (task / "children").read_text().split()]
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads the process tree from Linux's /proc")
+def test_a_killed_resource_tracker_leaves_no_traceback(tmp_path):
+    """The workers share no multiprocessing semaphore with the main process, so killing multiprocessing's
+    resource tracker mid-search costs nothing: the search finishes, and stderr holds only trial lines."""
+    toy = Path(sweep_toy.__file__)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(toy.parent), *sys.path])}
+    process = subprocess.Popen([sys.executable, str(toy), str(tmp_path / "study"), "6", "2", "0.5"],
+                               stderr=subprocess.PIPE, text=True, env=env)
+    first = process.stderr.readline()  # a trial finished: the workers (and the tracker) are running
+    assert first.startswith("trial "), first
+    trackers = [child for child in _children(process.pid)
+                if "resource_tracker" in Path(f"/proc/{child}/cmdline").read_text()]
+    for tracker in trackers:
+        os.kill(tracker, signal.SIGKILL)
+    rest = process.communicate(timeout=120)[1]
+    assert process.returncode == 0
+    assert "Traceback" not in rest and "KeyError" not in rest, rest
+    assert all(line.startswith("trial ") for line in rest.strip().splitlines()), rest

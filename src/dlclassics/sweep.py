@@ -320,15 +320,15 @@ def _trial_line(metric: str) -> Callable[[optuna.Study, optuna.trial.FrozenTrial
 
 
 def run_trials(study: optuna.Study, objective: Objective, *, heartbeats: bool = False, metric: str = "value",
-               quiet: bool = False, stop: Any = None) -> None:
-    """This process's share: take waiting slots one at a time until none is left (or `stop` is set).
+               quiet: bool = False, stop: StopFlag | None = None) -> None:
+    """This process's share: take waiting slots one at a time until none is left (or `stop` is raised).
 
     With `heartbeats` (a database shared by many machines) it also waits for other processes' running
     trials: if one of them dies, its slot comes back to the queue and is run here.
     """
     guarded = _guarded(objective, study)
     callbacks = [] if quiet else [_trial_line(metric)]
-    while stop is None or not stop.is_set():
+    while stop is None or not stop.is_raised():
         with _storage_guard(study):
             if heartbeats:
                 _fail_orphans(study, heartbeats)
@@ -373,11 +373,30 @@ def _interrupt_once(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
+@dataclasses.dataclass(frozen=True)
+class StopFlag:
+    """Tells the worker processes to stop after their trial: a file, not a multiprocessing Event, whose
+    named semaphore would tie the workers to multiprocessing's resource tracker (a tracker that dies then
+    fills stderr with KeyError tracebacks when the workers end)."""
+
+    path: Path
+
+    def raise_(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.touch()
+
+    def is_raised(self) -> bool:
+        return self.path.exists()
+
+    def clear(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
 def _worker(worker_objective: WorkerObjective, search: Search, place: StudyPlace, seed: int, threads: int,
-            quiet: bool, stop: Any) -> None:
+            quiet: bool, stop: StopFlag) -> None:
     signal.signal(signal.SIGINT, _interrupt_once)
     try:
-        if stop.is_set():
+        if stop.is_raised():
             return
         torch.set_num_threads(threads)
         objective = worker_objective.build(worker_objective.setup)
@@ -390,11 +409,11 @@ def _worker(worker_objective: WorkerObjective, search: Search, place: StudyPlace
         sys.exit(LOST_STORAGE)  # the main process meets the same storage and says so, once
 
 
-def _stop_workers(processes: list[Any], stop: Any) -> None:
+def _stop_workers(processes: list[Any], stop: StopFlag) -> None:
     """Ctrl-C reached the main process: stop every worker and wait until each has left its trial in order."""
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not abandon them mid-write
     try:
-        stop.set()
+        stop.raise_()
         for process in processes:
             if process.is_alive():
                 os.kill(process.pid, signal.SIGINT)
@@ -412,7 +431,7 @@ def _run_workers(worker_objective: WorkerObjective, search: Search, place: Study
     """`workers` spawned processes share the study until no slot is waiting; returns their exit codes."""
     threads = worker_threads(workers)
     context = multiprocessing.get_context("spawn")
-    stop = context.Event()
+    stop = StopFlag(place.folder / f".stop-workers-{os.getpid()}")
     processes = [context.Process(target=_worker, args=(worker_objective, search, place, seed + rank, threads,
                                                        quiet, stop))
                  for rank in range(workers)]
@@ -429,6 +448,8 @@ def _run_workers(worker_objective: WorkerObjective, search: Search, place: Study
     except KeyboardInterrupt:
         _stop_workers(processes, stop)
         raise
+    finally:
+        stop.clear()
     return [process.exitcode for process in processes]
 
 
