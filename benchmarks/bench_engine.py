@@ -167,7 +167,8 @@ class StepClock:
 
     data: fetching the batch; forward: model + loss (the engine's step also computes the batch accuracy);
     backward: from the first gradient (a hook on the loss) to `optimizer.step`; optimizer: `zero_grad` and
-    `step`; other: the loop around them (`.item()`, running sums, dispatch). Hooks cost ~1 us each.
+    `step`; other: the loop around them (the source's `.item()`, the engine keeping its outputs and reading
+    them every `engine.READ_EVERY` steps, running sums, dispatch). Hooks cost ~1 us each.
     """
 
     PHASE_OF = {"batch": "data", "batch_done": "other", "zero_grad": "optimizer", "zero_grad_done": "other",

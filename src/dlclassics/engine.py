@@ -249,9 +249,10 @@ class StepOutputs:
         returns the last step's values (None for an empty window)."""
         if not self.window:
             return None
-        columns = {key: torch.stack([outputs[key] for outputs, _, _ in self.window]).tolist()
+        steps = len(self.window)  # each output holds one number, as `.item()` requires
+        columns = {key: torch.stack([outputs[key] for outputs, _, _ in self.window]).reshape(steps).tolist()
                    for key in self.window[0][0]}
-        first_step = self.steps - len(self.window) + 1
+        first_step = self.steps - steps + 1
         values: dict[str, float] = {}
         for index, (_, weight, share) in enumerate(self.window):
             values = {key: column[index] for key, column in columns.items()}
@@ -282,21 +283,28 @@ class Acceleration:
 
 
 PRECISIONS = ("auto", "bf16", "fp32")
+# Capturing costs seconds of compiling at the start of a fit and saves about a millisecond per step of a
+# launch-bound network (the issue's measure on an H200: 1.2-1.6 ms per eager MLP step), so by default only
+# a fit of at least this many full-batch steps captures (fashion-mlp's retraining: 18,750; a trial of its
+# search: at most 2,250). A first guess, to be measured on a GPU.
+CAPTURE_MIN_STEPS = 5000
 
 
 def is_conv_net(model: nn.Module) -> bool:
     return any(isinstance(module, nn.Conv2d) for module in model.modules())
 
 
-def choose_acceleration(model: nn.Module, device: torch.device, *, capture: bool | None = None,
+def choose_acceleration(model: nn.Module, device: torch.device, *, steps: int, capture: bool | None = None,
                         precision: str = "auto", channels_last: bool | None = None,
                         processes: int = 1) -> Acceleration:
-    """The accelerations `fit` uses for `model` on `device`; on anything but CUDA the plain step.
+    """The accelerations `fit` uses for `model` on `device` for `steps` full-batch steps (all its epochs,
+    so that a resumed fit chooses what the uninterrupted one chose); on anything but CUDA the plain step.
 
-    - capture: None means on for CUDA in a single process (a GPU step is launch-bound: one CUDA-graph
-      replay instead of dozens of kernel launches); False is the eager step; True also compiles on
-      the CPU (no CUDA graphs there, but the same code path, which is how the CPU tests check it).
-      Never under DistributedDataParallel, whose gradient hooks the capture would have to trace.
+    - capture: None means on for CUDA in a single process and a fit of at least CAPTURE_MIN_STEPS steps
+      (a small network's GPU step is launch-bound: one CUDA-graph replay instead of dozens of kernel
+      launches); False is the eager step; True also compiles on the CPU (no CUDA graphs there, but the
+      same code path, which is how the CPU tests check it). Never under DistributedDataParallel, whose
+      gradient hooks the capture would have to trace.
     - precision: "auto" is bf16 autocast for conv nets on a GPU with native bf16 (tensor-core
       convolutions; an MLP of a few small layers is launch-bound and keeps float32), "bf16" asks for it
       on any CUDA device, "fp32" turns it off. bf16 keeps float32's exponent range: no loss scaling.
@@ -306,7 +314,7 @@ def choose_acceleration(model: nn.Module, device: torch.device, *, capture: bool
     if precision not in PRECISIONS:
         raise RunError(f"unknown precision '{precision}'; use {', '.join(PRECISIONS)}")
     on_cuda, conv = device.type == "cuda", is_conv_net(model)
-    wants_capture = capture if capture is not None else on_cuda
+    wants_capture = capture if capture is not None else on_cuda and steps >= CAPTURE_MIN_STEPS
     bf16 = on_cuda and (precision == "bf16" or (precision == "auto" and conv and
                                                 torch.cuda.is_bf16_supported(including_emulation=False)))
     return Acceleration(capture=wants_capture and processes == 1,
@@ -317,8 +325,8 @@ def choose_acceleration(model: nn.Module, device: torch.device, *, capture: bool
 def use_channels_last(model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
     """Move the model's 4-D weights to channels_last, and any optimizer state of theirs with them.
 
-    The parameters stay the same objects (the optimizer keeps them); state loaded from a checkpoint
-    written in the other layout is copied into the new one, because the fused optimizer kernels need a
+    The parameters stay the same objects (the optimizer keeps them); their state (momentum, a state
+    loaded from a checkpoint) is copied into the new layout, because the fused optimizer kernels need a
     parameter, its gradient and its state in one layout.
     """
     model.to(memory_format=torch.channels_last)
@@ -359,9 +367,9 @@ class CapturedForward:
         if self.compiled is None or len(batch[0]) != self.batch_size:
             return self.eager(*batch)
         if self.proven:
-            return self._replay(batch)
+            return self._run_compiled(batch)
         try:
-            outputs = self._replay(batch)
+            outputs = self._run_compiled(batch)
         except Exception as exc:  # whatever the compiler raised; the eager step tells a real error apart
             self.compiled = None
             first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
@@ -370,7 +378,7 @@ class CapturedForward:
         self.proven = True
         return outputs
 
-    def _replay(self, batch: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
+    def _run_compiled(self, batch: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
         torch.compiler.cudagraph_mark_step_begin()
         return {key: value.clone() for key, value in self.compiled(*batch).items()}
 
@@ -430,28 +438,27 @@ def fit(model: nn.Module, data: Sequence[torch.Tensor], *, optimizer: torch.opti
     uninterrupted run (on the CPU).
 
     The step outputs stay on the device and are read every `read_every` steps (see `StepOutputs`): a
-    non-finite loss stops the run at most that many steps after it appeared. On CUDA the step is
-    captured, and conv nets train under bf16 autocast in channels_last; `capture`, `precision` and
+    non-finite loss stops the run at most that many steps after it appeared. On CUDA a long fit's step
+    is captured, and conv nets train under bf16 autocast in channels_last; `capture`, `precision` and
     `channels_last` turn these off or on (see `choose_acceleration`); on the CPU the step is the plain
-    eager one unless `capture=True`.
+    eager one unless `capture=True`. The history's numbers are those of a loop reading every step.
 
     In a torch.distributed process group (`dlclassics run --nproc N`, or torchrun), every process takes
     its shard of each batch of `batch_size` under DistributedDataParallel (see `distributed`); the
     history holds the means over the whole batch, and only rank 0 prints and writes the checkpoint.
     """
     n = len(data[0])
-    acceleration = choose_acceleration(model, next(model.parameters()).device, capture=capture,
-                                       precision=precision, channels_last=channels_last, processes=world_size())
-    if acceleration.channels_last:
-        use_channels_last(model, optimizer)
+    acceleration = choose_acceleration(model, next(model.parameters()).device, steps=n // batch_size * epochs,
+                                       capture=capture, precision=precision, channels_last=channels_last,
+                                       processes=world_size())
     history: list[dict[str, float]] = []
     iterations: list[float] = []
     snapshots: list[torch.Tensor] = []
     first_epoch = 1
     if resume and checkpoint is not None and checkpoint.exists():
         history, iterations, snapshots, first_epoch = _restore(checkpoint, model, optimizer, scheduler, generator)
-        if acceleration.channels_last:
-            use_channels_last(model, optimizer)
+    if acceleration.channels_last:
+        use_channels_last(model, optimizer)
     parallel = DataParallel(model, step)
     forward = step_forward(parallel, acceleration, batch_size)
     main_process = parallel.rank == 0
