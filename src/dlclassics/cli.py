@@ -14,12 +14,15 @@ import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dlclassics import __version__, registry
 from dlclassics.config import describe
 from dlclassics.data.registry import names as dataset_names
 from dlclassics.errors import RunError, UsageError
+
+if TYPE_CHECKING:
+    from dlclassics.runs.session import RunRequest
 
 DEFAULT_RUNS = Path("runs")
 MAX_WORKERS = 64  # local processes; more is a typo, not a machine this runs on
@@ -83,6 +86,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--dry-run", action="store_true", help="print the resolved config and stop")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     run.add_argument("--no-site", action="store_true", help="do not refresh the results site (OUT/site) at the end")
+    run.add_argument("--log", choices=("tensorboard",),
+                     help="also log to TensorBoard: event files in the run folder's tensorboard/ "
+                          "(needs the tensorboard extra)")
+    run.add_argument("--mlflow", metavar="URI",
+                     help="also log to this MLflow tracking store (http://host:5000, sqlite:///mlflow.db, ...): "
+                          "one MLflow run per run, nested runs per search trial (needs the mlflow extra)")
 
     runs = commands.add_parser("runs", help="recent finished runs with their key metrics")
     runs.add_argument("experiment", nargs="?", help="only this experiment's runs")
@@ -177,18 +186,24 @@ def terminate_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def run_command(args: argparse.Namespace) -> int:
-    from dlclassics.runs import session
+def run_request(args: argparse.Namespace) -> RunRequest:
+    """The parsed `dlclassics run` arguments as the session's request (the Python API's too)."""
+    from dlclassics.runs.session import RunRequest
 
     shortcuts = {name: getattr(args, name) for name in ("dataset", "epochs", "seed", "device", "weights")
                  if getattr(args, name) is not None}
-    request = session.RunRequest(
+    return RunRequest(
         experiment=args.experiment, recipe=args.recipe, quick=args.quick, config_file=args.config,
         options=shortcuts, assignments=args.set, data_dir=args.data_dir, carve_test=args.carve_test,
         unverified=args.unverified, out=args.out, resume=args.resume, workers=args.workers, nproc=args.nproc,
         threads=args.threads, storage=args.storage, study=args.study, from_run=args.from_run, quiet=args.quiet,
-        argv=args.argv)
-    prepared = session.prepare(request)
+        log=args.log, mlflow=args.mlflow, argv=args.argv)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    from dlclassics.runs import session
+
+    prepared = session.prepare(run_request(args))
     if args.dry_run:
         import dataclasses
 
@@ -223,10 +238,15 @@ def command_runs(args: argparse.Namespace) -> int:
     if not rows:
         print(f"no finished runs under {args.out}")
     for row in rows:
-        keys = [k for k in row["metrics"] if str(k).startswith(("test_", "val_", "best_")) or k == "wall_time_s"][:5]
-        summary = ", ".join(f"{k}={format_number(row['metrics'][k])}" for k in keys)
+        summary = ", ".join(f"{k}={format_number(v)}" for k, v in key_metrics(row["metrics"]).items())
         print(f"{row['experiment']:<22} {Path(row['path']).name:<26} {summary}")
     return 0
+
+
+def key_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
+    """What a listing shows of a run: its first five test, validation and best metrics and its wall time."""
+    keys = [k for k in metrics if str(k).startswith(("test_", "val_", "best_")) or k == "wall_time_s"][:5]
+    return {key: metrics[key] for key in keys}
 
 
 def command_report(args: argparse.Namespace) -> int:
@@ -258,10 +278,17 @@ def command_data(args: argparse.Namespace) -> int:
     return 1 if bad else 0
 
 
+def parse(argv: list[str]) -> argparse.Namespace:
+    """The command's arguments, with the words themselves as `argv` (what --nproc hands to each process
+    and what the resume hint repeats)."""
+    args = build_parser().parse_args(argv)
+    args.argv = list(argv)
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
-        args = build_parser().parse_args(argv)
-        args.argv = list(sys.argv[1:] if argv is None else argv)  # what --nproc hands to each process
+        args = parse(sys.argv[1:] if argv is None else argv)
         handler = {"list": command_list, "run": command_run, "runs": command_runs, "report": command_report,
                    "data": command_data}
         return handler[args.command](args)
@@ -272,9 +299,13 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `dlclassics list | head`
         return 0
     except OSError as exc:  # the operating system refused a path: unreadable, read-only, full disk...
-        where = f" ({exc.filename})" if exc.filename else ""
-        return _fail(f"{exc.strerror or exc}{where}; check that path, its permissions and the free space",
-                     RunError.exit_code)
+        return _fail(os_error_message(exc), RunError.exit_code)
+
+
+def os_error_message(exc: OSError) -> str:
+    """The one line for a path the operating system refused: what it said, and which path."""
+    where = f" ({exc.filename})" if exc.filename else ""
+    return f"{exc.strerror or exc}{where}; check that path, its permissions and the free space"
 
 
 def _fail(message: str, code: int) -> int:

@@ -7,7 +7,9 @@ what decides the numbers. The experiment's `run(cfg, run)` receives the `Run`: i
 (`run.load_images`, `run.use_data`: the data's source goes into the report), trains with `run.fit`
 (checkpoint, resume, quiet and progress passed for it), times with `run.timer`, and saves figures,
 history and model through it. At the end the session writes metrics, verdicts and the report and renames
-the folder; on Ctrl-C or an error it keeps a resumable folder or removes a failed one.
+the folder; on Ctrl-C or an error it keeps a resumable folder or removes a failed one. The trackers a
+command asks for (`--log tensorboard`, `--mlflow URI`: `runs.trackers`) are checked with the options,
+opened with the folder, fed by `run.fit` and the searches, and given the final metrics and files.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ from dlclassics.runs.folder import (
     LOCK,
     METRICS,
     MODEL,
+    REFERENCES,
     REPORT,
     git_commit,
     latest_incomplete,
@@ -61,6 +64,8 @@ from dlclassics.runs.folder import (
     run_id,
 )
 from dlclassics.runs.report import Reference, write_report
+from dlclassics.runs.trackers import Start, Trackers, Trial, open_trackers
+from dlclassics.runs.trackers import check as check_trackers
 from dlclassics.sweep import finished_trials, masked_url, own_study_name
 
 D = TypeVar("D")
@@ -93,6 +98,11 @@ class Run:
     storage: str | None = None  # Optuna database URL for searches shared across machines
     study: str | None = None  # the search's Optuna study (searching experiments only): its own, or one joined
     from_run: FinishedRun | None = None  # an earlier run this one builds on (`--from-run`), checked
+    log: str | None = None  # `--log tensorboard`
+    mlflow: str | None = None  # `--mlflow URI`
+    notebook: bool = False  # progress as tqdm.auto bars (`dlclassics.run` in a Jupyter kernel)
+    trackers: Trackers = dataclasses.field(default_factory=Trackers)  # opened when the run starts (rank 0 only)
+    epochs_started: int = 0  # epochs of the run's trainings so far: the trackers' steps of the next one follow
     threads: int = dataclasses.field(default_factory=torch.get_num_threads)  # intra-op threads per process
     world_size: int = 1  # processes training together (DistributedDataParallel)
     generator: torch.Generator = dataclasses.field(default_factory=torch.Generator)  # seeded with the run
@@ -150,10 +160,30 @@ class Run:
 
     def fit(self, model: torch.nn.Module, data: Sequence[torch.Tensor], **options: Any) -> FitResult:
         """`engine.fit` with this run's checkpoint, resume flag, quietness, progress label and generator
-        (each can be given to override it)."""
+        (each can be given to override it).
+
+        Each epoch's history row also goes to the run's trackers, at the epochs of the run's earlier
+        trainings plus its epoch: the settings of a sweep, or a training of one epoch per call, follow
+        each other. In a notebook the progress is a tqdm.auto bar per training instead of the engine's,
+        which draws a bar on a terminal only and would print a line per epoch there.
+        """
         options = {"checkpoint": self.checkpoint_path, "resume": self.resume, "quiet": self.quiet,
                    "desc": self.experiment, "generator": self.generator, **options}
-        return fit(model, data, **options)
+        first_step, caller = self.epochs_started, options.get("on_epoch_end")
+        self.epochs_started += options["epochs"]
+        with epoch_bar(options["desc"], options["epochs"], shown=self.notebook and not options["quiet"]) as bar:
+            def on_epoch_end(model: torch.nn.Module, epoch: int, row: dict[str, float]) -> None:
+                if caller is not None:
+                    caller(model, epoch, row)
+                self.trackers.epoch(first_step + epoch, row)
+                bar(epoch, row)
+
+            return fit(model, data, **{**options, "on_epoch_end": on_epoch_end,
+                                       "quiet": options["quiet"] or self.notebook})
+
+    def log_trials(self, search: str, trials: Sequence[Trial]) -> None:
+        """A search's finished trials, for the run's trackers (`search` names it among the run's searches)."""
+        self.trackers.trials(search, trials)
 
     @contextlib.contextmanager
     def timer(self, metric: str) -> Iterator[None]:
@@ -213,6 +243,27 @@ class Run:
         return path
 
 
+@contextlib.contextmanager
+def epoch_bar(desc: str, epochs: int, shown: bool) -> Iterator[Callable[[int, Mapping[str, float]], None]]:
+    """A tqdm.auto bar over a training's epochs, the last epoch's metrics beside it (in Jupyter a widget);
+    yields what advances it to an epoch. Nothing is drawn unless `shown`."""
+    if not shown:
+        yield lambda epoch, row: None
+        return
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=epochs, desc=desc, unit="epoch")
+
+    def advance(epoch: int, row: Mapping[str, float]) -> None:
+        bar.update(epoch - bar.n)  # a resumed training starts after its checkpoint's epoch
+        bar.set_postfix({key: f"{value:.4g}" for key, value in row.items() if key != "epoch"})
+
+    try:
+        yield advance
+    finally:
+        bar.close()
+
+
 # ---------------------------------------------------------------- what a command asks for
 
 @dataclasses.dataclass
@@ -237,7 +288,10 @@ class RunRequest:
     study: str | None = None
     from_run: Path | None = None
     quiet: bool = False
-    argv: list[str] = dataclasses.field(default_factory=list)  # what --nproc hands to each process
+    log: str | None = None  # --log tensorboard
+    mlflow: str | None = None  # --mlflow URI
+    notebook: bool = False  # progress as tqdm.auto bars (`dlclassics.run` sets it in a Jupyter kernel)
+    argv: list[str] = dataclasses.field(default_factory=list)  # what --nproc hands to each process; resume repeats it
 
 
 @dataclasses.dataclass
@@ -253,8 +307,8 @@ class Prepared:
 
 
 def prepare(request: RunRequest) -> Prepared:
-    """Resolve the config (recipe, quick size, TOML file, shortcut options, --set) and check every option
-    and the `--from-run` folder: a bad one is a UsageError before anything is written."""
+    """Resolve the config (recipe, quick size, TOML file, shortcut options, --set) and check every option,
+    the `--from-run` folder and the trackers: a bad one is a UsageError before anything is written."""
     module = registry.load(request.experiment)
     if request.recipe not in RECIPES:
         raise UsageError(f"recipe '{request.recipe}' is unknown; use {' or '.join(RECIPES)}")
@@ -281,6 +335,8 @@ def prepare(request: RunRequest) -> Prepared:
         if upstream is None:
             raise UsageError(f"'{request.experiment}' does not build on another run; drop --from-run")
         from_run = read_finished_run(request.from_run, upstream.experiments, upstream.files, upstream.metrics)
+    if place is None or place.rank == 0:  # the other processes of a group log nothing
+        check_trackers(request.log, request.mlflow)
     return Prepared(request, module, config, changed, from_run, place)
 
 
@@ -347,9 +403,11 @@ def run_record(prepared: Prepared, device: torch.device, threads: int, folder: P
     """What the experiment's `run` receives; ranks other than 0 stay quiet."""
     request = prepared.request
     return Run(experiment=request.experiment, dir=folder, config=prepared.config, device=device,
-               recipe=request.recipe, changed_options=prepared.changed_options, command=request.argv, data_dir=request.data_dir, carve_test=request.carve_test,
-               unverified=request.unverified, quiet=request.quiet or distributed.rank() > 0, resume=resume,
-               workers=request.workers, storage=request.storage, from_run=prepared.from_run,
+               recipe=request.recipe, changed_options=prepared.changed_options, command=request.argv,
+               data_dir=request.data_dir, carve_test=request.carve_test, unverified=request.unverified,
+               quiet=request.quiet or distributed.rank() > 0, resume=resume, workers=request.workers,
+               storage=request.storage, from_run=prepared.from_run, log=request.log, mlflow=request.mlflow,
+               notebook=request.notebook,
                study=study_of(prepared.module, request, folder, resume), threads=threads,
                headline=getattr(prepared.module, "HEADLINE", None),
                world_size=distributed.world_size())
@@ -395,7 +453,8 @@ def execute(module: ModuleType, run: Run, hint: str | None = None) -> Path:
     if hint:
         print(f"dlclassics: {hint}", file=sys.stderr)
     try:
-        return finish(run, module.TITLE, work(module, run), module.REFERENCES)
+        with run.trackers.closing():
+            return finish(run, module.TITLE, work(module, run), module.REFERENCES)
     except KeyboardInterrupt:
         if not has_work(run):
             discard(run)
@@ -476,7 +535,7 @@ def _timestamp(seconds: float) -> str:
 # ---------------------------------------------------------------- a run's life: start, resume, interruption, end
 
 def start(run: Run) -> None:
-    """Lock the run's folder and write its config.json; then the experiment's clock starts.
+    """Lock the run's folder, write its config.json and open its trackers; then the experiment's clock starts.
 
     When resuming, the folder is first checked to be an interrupted run of this experiment with the
     same settings (`check_resume`): a refused resume changes nothing in it.
@@ -488,6 +547,7 @@ def start(run: Run) -> None:
         run.parts = [*earlier, {"started": _timestamp(run.started), "wall_time_s": None,
                                 "load_average_start": load_average(), "load_average_end": None}]
         atomic_write_json(run.dir / CONFIG, config_record(run))
+        run.trackers = open_trackers(run.log, run.mlflow, tracker_start(run))
     except BaseException:
         if run.resume:
             release(run)  # the interrupted run stays as it was, resumable
@@ -495,6 +555,12 @@ def start(run: Run) -> None:
             discard(run)
         raise
     run.clock = time.perf_counter()
+
+
+def tracker_start(run: Run) -> Start:
+    """What the trackers are told of a starting run; its hyperparameters are its recipe and resolved config."""
+    params = {"recipe": run.recipe, **dataclasses.asdict(run.config)}
+    return Start(run.experiment, run.run_id, run.dir, params, run.resume)
 
 
 def check_resume(run: Run) -> dict[str, Any]:
@@ -586,7 +652,8 @@ def release(run: Run) -> None:
 
 def finish(run: Run, title: str, metrics: Mapping[str, Any], references: Iterable[Reference]) -> Path:
     """Write metrics.json, references.json and the report, drop the checkpoints (only needed to resume),
-    and rename the folder to its final name: the run now looks (and is) complete. Returns the report."""
+    give the trackers the final metrics and files, and rename the folder to its final name: the run now
+    looks (and is) complete. Returns the report."""
     this_part = round(time.perf_counter() - run.clock, 2)
     check_finite(metrics)
     run.parts[-1].update(wall_time_s=this_part, load_average_end=load_average(), ended="finished")
@@ -598,12 +665,23 @@ def finish(run: Run, title: str, metrics: Mapping[str, Any], references: Iterabl
     write_report(run, title, metrics, references)
     for checkpoint in run.dir.glob(CHECKPOINTS):
         checkpoint.unlink()
+    run.trackers.finish(numbers(metrics), [run.dir / path for path, _ in run.figures],
+                        [run.dir / name for name in TRACKED_FILES if (run.dir / name).is_file()])
     final = run.dir.with_name(run.run_id)
     os.replace(run.dir, final)
     run.dir = final
     (final / LOCK).unlink(missing_ok=True)
     release(run)
     return final / REPORT
+
+
+# The files trackers keep of a finished run, besides its figures.
+TRACKED_FILES = (REPORT, METRICS, CONFIG, REFERENCES, HISTORY, MODEL)
+
+
+def numbers(metrics: Mapping[str, Any]) -> dict[str, float]:
+    """The numeric metrics, nested ones named by their path ("best_config.lr"), for trackers."""
+    return {name: float(value) for name, value in _leaves(metrics) if isinstance(value, (int, float))}
 
 
 def timings_of_all_parts(run: Run) -> dict[str, float]:

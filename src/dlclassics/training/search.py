@@ -2,7 +2,7 @@
 
 Every searching experiment (fashion-mlp, fashion-mlp-enhanced, cifar-lenet-search) calls `search_on_run`
 with its objective and plan; the study's name, place (the run folder's journal or `--storage`), joining
-(`--study`), workers and quietness come from the run.
+(`--study`), workers and quietness come from the run, and its finished trials go to the run's trackers.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import optuna
 
 from dlclassics import sweep
 from dlclassics.runs import Run
+from dlclassics.runs.trackers import Trial
 
 
 def search_on_run(run: Run, objective: sweep.Objective, plan: sweep.Search,
@@ -27,5 +28,25 @@ def search_on_run(run: Run, objective: sweep.Objective, plan: sweep.Search,
         sweep.open_storage(run.storage, run.dir)  # a bad URL is one error line, before any "join it" advice
         print(f"search: {place.describe()}; other machines join it with --storage {sweep.masked_url(run.storage)} "
               f"--study {name}", file=sys.stderr, flush=True)
-    return sweep.optimize(objective, plan, place, workers=run.workers, worker_objective=worker_objective,
-                          quiet=run.quiet)
+    study = sweep.optimize(objective, plan, place, workers=run.workers, worker_objective=worker_objective,
+                           quiet=run.quiet)
+    run.log_trials("search" + study_suffix, tracked_trials(study, plan.metric))
+    return study
+
+
+# Trial attributes that are the search's bookkeeping, not measurements.
+BOOKKEEPING = (sweep.INDEX, sweep.SURPLUS, sweep.ERROR)
+
+
+def tracked_trials(study: optuna.Study, metric: str) -> list[Trial]:
+    """The study's finished trials as trackers log them, whichever process ran them: the parameters, the
+    objective's value under the plan's metric name ("validation_accuracy"), the seconds it took and the
+    numeric attributes the objective recorded (a validation loss)."""
+    trials = []
+    for trial in sweep.completed_trials(study):
+        measured = {key: float(value) for key, value in trial.user_attrs.items()
+                    if key not in BOOKKEEPING and isinstance(value, (int, float))}
+        seconds = (trial.datetime_complete - trial.datetime_start).total_seconds()
+        trials.append(Trial(sweep.trial_index(trial), dict(trial.params),
+                            {metric.replace(" ", "_"): trial.value, "seconds": seconds, **measured}))
+    return trials
