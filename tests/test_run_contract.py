@@ -166,9 +166,9 @@ def test_report_states_the_best_configuration(toy, tmp_path):
 
 @pytest.mark.parametrize("load, flagged", [([0.1, 0.1, 0.1], False), ([40.0, 30.0, 20.0], True)])
 def test_load_average_is_recorded_and_a_loaded_machine_flagged(toy, tmp_path, monkeypatch, load, flagged):
-    from dlclassics.runs import session
+    from dlclassics.runs import lifecycle
 
-    monkeypatch.setattr(session, "load_average", lambda: load)
+    monkeypatch.setattr(lifecycle, "load_average", lambda: load)
     assert _toy(tmp_path) == 0
     folder = _finished(tmp_path)
     (part,) = json.loads((folder / "config.json").read_text())["parts"]

@@ -271,7 +271,7 @@ def test_a_stopped_run_whose_study_finished_trials_in_the_database_has_work(post
     import torch
 
     from dlclassics.runs import Run
-    from dlclassics.runs.session import has_work
+    from dlclassics.runs.request import has_work
 
     _toy_on(postgres_url, tmp_path / "search", "stopped", 1, 1, {})
     run = Run("toy", tmp_path / "folder", None, torch.device("cpu"), storage=postgres_url, study="stopped")

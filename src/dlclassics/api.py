@@ -8,7 +8,7 @@
 
 `run` is the command line's run, not a copy of it: its arguments become the words of the equivalent
 `dlclassics run` command, which the CLI's own parser turns into the request that the session checks
-(`session.prepare`) and runs (`session.run_prepared`). So the validation, the run folder, the numbers
+(`runs.request.prepare`) and runs (`runs.request.run_prepared`). So the validation, the run folder, the numbers
 and the messages are the command's: its one-line errors are raised as `UsageError` or `RunError`
 (`dlclassics.errors`), never a `SystemExit`. The words are the run's recorded command (config.json), so
 the hint given when a run is interrupted is a shell command that resumes it, and `resume=FOLDER` does
@@ -35,9 +35,10 @@ from typing import Any
 from dlclassics import cli, registry
 from dlclassics.config import describe
 from dlclassics.errors import RunError, UsageError
-from dlclassics.runs import results, session
+from dlclassics.runs import results
 from dlclassics.runs.folder import CONFIG, HISTORY, METRICS, REFERENCES, REPORT, REPORT_PARTS
 from dlclassics.runs.report import format_number
+from dlclassics.runs.request import prepare, run_prepared
 from dlclassics.site import refresh as refresh_site
 
 
@@ -65,7 +66,7 @@ def run(experiment: str, *, epochs: int | None = None, device: str = "auto", dat
              "storage": storage, "study": study, "threads": threads, "quiet": quiet, "no_site": not site}
     with cli.terminate_as_interrupt(), one_line_os_errors(), figures_offscreen():
         request = cli.run_request(cli.parse(command_words(experiment, flags, options)))
-        report = session.run_prepared(session.prepare(dataclasses.replace(request, notebook=in_notebook())))
+        report = run_prepared(prepare(dataclasses.replace(request, notebook=in_notebook())))
         if report is None:
             return None
         return Result.load(report.parent, site=refresh_site(request.out) if site else None)

@@ -22,7 +22,7 @@ from dlclassics.data.registry import names as dataset_names
 from dlclassics.errors import RunError, UsageError
 
 if TYPE_CHECKING:
-    from dlclassics.runs.session import RunRequest
+    from dlclassics.runs.request import RunRequest
 
 DEFAULT_RUNS = Path("runs")
 MAX_WORKERS = 64  # local processes; more is a typo, not a machine this runs on
@@ -188,7 +188,7 @@ def terminate_as_interrupt() -> Iterator[None]:
 
 def run_request(args: argparse.Namespace) -> RunRequest:
     """The parsed `dlclassics run` arguments as the session's request (the Python API's too)."""
-    from dlclassics.runs.session import RunRequest
+    from dlclassics.runs.request import RunRequest
 
     shortcuts = {name: getattr(args, name) for name in ("dataset", "epochs", "seed", "device", "weights")
                  if getattr(args, name) is not None}
@@ -201,20 +201,20 @@ def run_request(args: argparse.Namespace) -> RunRequest:
 
 
 def run_command(args: argparse.Namespace) -> int:
-    from dlclassics.runs import session
+    from dlclassics.runs.request import launches_processes, prepare, run_prepared
 
-    prepared = session.prepare(run_request(args))
+    prepared = prepare(run_request(args))
     if args.dry_run:
         import dataclasses
 
         print(json.dumps({"experiment": args.experiment, "recipe": args.recipe,
                           "config": dataclasses.asdict(prepared.config)}, indent=2))
         return 0
-    if session.launches_processes(prepared):
+    if launches_processes(prepared):
         from dlclassics import distributed
 
         return distributed.launch(args.argv, args.nproc)
-    report = session.run_prepared(prepared)
+    report = run_prepared(prepared)
     if report is not None:
         print(report)
         if not args.no_site:

@@ -44,8 +44,8 @@ from dlclassics.files import atomic_write_bytes, atomic_write_text, make_dirs
 from dlclassics.runs import CONFIG, HISTORY, METRICS
 from dlclassics.runs.folder import INCOMPLETE, REPORT, REPORT_PARTS
 from dlclassics.runs.report import format_number
+from dlclassics.runs.request import resume_command
 from dlclassics.runs.results import data_label
-from dlclassics.runs.session import resume_command
 
 SITE = "site"  # the site's folder under the runs root, by default
 MANIFEST = "manifest.json"  # what each run page was built from, so a rebuild renders only what changed
