@@ -86,6 +86,15 @@ def test_fgsm_curve_is_predict_of_fgsm_image_by_image(trained):
         assert torch.equal(row, expected), eps
 
 
+def test_fgsm_curve_does_not_depend_on_the_batch_size(trained):
+    """The batch size (256 by default, chosen for speed) is only how the work is cut: every image's entries
+    are the same in batches of 7, of the default and of all images at once."""
+    model, x, y = trained
+    epsilons = [0.0, 0.05, 0.1, 0.3]
+    curves = [fgsm.fgsm_curve(model, x, y, epsilons, size) for size in (7, fgsm.Config().batch_size, len(x))]
+    assert all(torch.equal(curve, curves[0]) for curve in curves[1:])
+
+
 def test_every_pgd_iterate_stays_in_the_epsilon_ball_and_the_pixel_range(trained, monkeypatch):
     model, x, y = trained
     eps, seen = 0.05, []

@@ -75,7 +75,8 @@ REACHES: dict[str, Callable[[dict], bool]] = {
     "latent-optimization": lambda m: m["lo_mu_travelled"] > 0.05,  # the table's means moved
     "vae-loglik": lambda m: m["test_elbo"] < m["test_logp"],  # the ELBO is below the K-sample estimate
     "topic-vae": lambda m: m["npmi_doc"] > 0.0,
-    "autoencoder-vs-pca": lambda m: m["pca_test_mse_h16"] <= m["linear_test_mse_h16"],  # PCA is optimal
+    # Eckart-Young: PCA is optimal on the training images (on test images a solved linear AE may edge below it)
+    "autoencoder-vs-pca": lambda m: m["pca_train_mse_h16"] <= m["linear_train_mse_h16"] * (1 + 1e-4),
     "least-squares": lambda m: m["theta_max_abs_error"] < 0.05,
     "optimizers-noisy": lambda m: m["best_test_loss_adam_g2"] < 3.0,
     "he-init": lambda m: m["he_relu_max_drift"] < 0.2,  # He keeps the variance flat

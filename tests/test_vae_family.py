@@ -20,11 +20,15 @@ def test_vae_quick_saves_snapshots(image_data_dir, tmp_path):
 
 
 def test_vae_loglik_quick_trains_a_vae_and_checks_from_run(image_data_dir, tmp_path):
-    folder = run_quick("vae-loglik", image_data_dir, tmp_path / "runs")
+    folder = run_quick("vae-loglik", image_data_dir, tmp_path / "runs", "--set", "test_images=0")
     metrics = json.loads((folder / "metrics.json").read_text())
     assert metrics["test_elbo"] <= metrics["test_logp"] + 1.0  # K = 50 cannot be far below the K = 1 bound
+    assert metrics["test_images"] == 200 and metrics["k_max"] == 50  # the largest K on every test image
     for figure in ("per_class", "convergence"):
         assert (folder / "figures" / f"{figure}.png").is_file()
+    rows = (folder / "figures" / "convergence.csv").read_text().splitlines()
+    assert len(rows) == 1 + 2 * 3  # both splits at K = 1, 10, 50, each with its replicate-based error
+    assert all(float(row.split(",")[3]) > 0 for row in rows[1:])
     vae_run = run_quick("vae", image_data_dir, tmp_path / "vae-runs")
     again = run_quick("vae-loglik", image_data_dir, tmp_path / "runs2", "--from-run", str(vae_run))
     assert "VAE loaded from" in (again / "report.md").read_text()
@@ -195,7 +199,8 @@ def _cli_run(out, *args: str):
 
 @pytest.mark.slow
 def test_fashion_classifier_reaches_the_target(tmp_path):
-    from dlclassics.data.images import find_folder, image_spec
+    from dlclassics.data.images import image_spec
+    from dlclassics.data.registry import find_folder
 
     if find_folder(image_spec("fashion-mnist"), None) is None:
         pytest.skip("Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist)")
@@ -214,3 +219,4 @@ def test_mnist_vae_loglik_digit_one_is_most_likely(tmp_path):
     _, metrics = _cli_run(tmp_path / "loglik", "vae-loglik", *data, "--from-run", str(vae_run))
     assert metrics["most_likely_class"] == 1
     assert metrics["test_elbo"] < metrics["test_logp"]
+    assert metrics["k_max"] == 5000 and metrics["test_images"] == 2000  # issue 21: K = 5000 on every test image

@@ -76,7 +76,9 @@ class Config(BaseConfig):
     pgd_steps: int = option(10, "PGD iterations per epsilon", low=1)
     pgd_step_factor: float = option(2.5, "PGD step = factor * epsilon / steps (Madry et al.: 2.5)", low=0.0,
                                     low_open=True)
-    batch_size: int = batch_size_option(1024, "test images attacked at once")
+    # 256 measured faster than 1,024 on a 2-core CPU (FGSM curve 9.4 -> 5.0 s, PGD 19.0 -> 13.4 s on 10,000
+    # Fashion-MNIST images): a batch's activations stay in cache; 64 to 512 were within noise of 256.
+    batch_size: int = batch_size_option(256, "test images attacked at once")
     limit: int = option(0, "attack only the first N test images (0 = all)", low=0)
 
 

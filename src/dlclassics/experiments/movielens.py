@@ -11,8 +11,13 @@ source's choice that movies without training ratings are predicted 0 in (a) (it 
 Beyond the source: the standard protocol of the recommender literature, five-fold cross-validation
 on the published folds u1..u5 with RMSE and MAE per fold and the fit+test time, for the item mean, the
 baseline (mu + b_u + b_i), a biased factorisation by ALS and a Bayesian one (BPMF with biases, Gibbs
-sampling), all in `methods/mf.py`; Surprise's published table (the catalogue) beside ours. Their
-hyperparameters were chosen on a 90/10 split of u1.base, never on a test fold.
+sampling, and SVD++'s implicit feedback, who rated what, as side information in its priors), all in
+`methods/mf.py`; Surprise's published table (the catalogue) beside ours. Their hyperparameters were
+chosen on a 90/10 split of u1.base (seed 0), never on a test fold. Validation RMSE of Bayesian MF there
+(burn-in 20, noise precision 1.5 unless said): 0.9011 plain (rank 10, 100 sweeps: the earlier recipe,
+five-fold test 0.8969); 0.8860 with the implicit feedback at prior precision 1 (0.8901 at 3, 0.8863 at
+0.5); 0.8823 with 200 sweeps (noise precision 1.25: 0.8835, 1.75: 0.8847); 0.8815 at rank 15 (prior
+precision 0.5: 0.8819, 2: 0.8833) and 0.8805 at rank 20, in 1.4x rank 15's time.
 
     dlclassics run movielens --data-dir ../shared/datasets
     dlclassics run movielens --recipe seed --data-dir ../shared/datasets
@@ -79,10 +84,12 @@ class Config(BaseConfig):
     five_fold: bool = option(True, "the standard protocol: RMSE and MAE per fold, fit+test time, per model")
     folds: tuple[str, ...] = option(("u1", "u2", "u3", "u4", "u5"), "published folds of the dataset (u1..u5, ua, ub)")
     models: tuple[str, ...] = option(MODELS, f"models of the five-fold table ({', '.join(MODELS)})")
-    rank: int = option(10, "bayesian-mf: rank", low=1)
-    sweeps: int = option(100, "bayesian-mf: Gibbs sweeps", low=1)
+    rank: int = option(15, "bayesian-mf: rank", low=1)
+    sweeps: int = option(200, "bayesian-mf: Gibbs sweeps", low=1)
     burn_in: int = option(20, "bayesian-mf: sweeps discarded before averaging", low=0)
     noise_precision: float = option(1.5, "bayesian-mf: 1 / the noise variance of a rating", low=0.0, low_open=True)
+    implicit: float = option(1.0, "bayesian-mf: prior precision of the implicit-feedback weights (0: plain BPMF, "
+                                  "without who-rated-what)", low=0.0)
     biased_rank: int = option(20, "biased-als: rank", low=1)
     biased_reg: float = option(15.0, "biased-als: L2 on the factors", low=0.0, low_open=True)
     reg_bias: float = option(5.0, "biased-als and baseline: L2 on the biases", low=0.0, low_open=True)
@@ -91,6 +98,12 @@ class Config(BaseConfig):
 
 # The source loops until np.allclose holds; at d = 20 that takes over 2,000 sweeps (the test MSE moves in
 # the 3rd decimal after the first 100), so the seed recipe stops at 300 and says which d were cut.
+# The five-fold models are beyond the source (the seed recipe skips them); their defaults are tuned on the
+# validation split of u1.base (the module docstring's numbers) against the earlier recipe, rank 10, 100 sweeps,
+# plain BPMF (five-fold 0.8969, `--set implicit=0 --set rank=10 --set sweeps=100`):
+#   implicit 1.0: who rated what lowers the validation RMSE by 0.015, the largest gain found.
+#   sweeps 200: more posterior samples in the average, 0.004 lower; rank 15: 0.001 lower, well inside 60 s.
+#   burn_in 20, noise_precision 1.5: unchanged, still the best of those tried (burn-in 40: the same to 1e-4).
 RECIPES: dict[str, dict[str, Any]] = {"seed": {"five_fold": False, "als_tol": 0.0, "als_max_sweeps": 300},
                                       "tuned": {}}
 QUICK = {"svd_ranks": (1, 2, 5), "als_ranks": (2, 5), "als_max_sweeps": 5, "sweeps": 10, "burn_in": 2,
@@ -105,6 +118,9 @@ REFERENCES = [
               dataset="movielens-100k"),
     Reference("five_fold_rmse", 0.919, "five-fold mean RMSE, our best model (Surprise's best, SVD++: 0.919)",
               rule="lower", dataset="movielens-100k"),
+    # Not the source's: the raised goal (issue 21), beside the earlier recipe's 0.8969 (plain BPMF).
+    Reference("five_fold_rmse", 0.8969, "five-fold mean RMSE, our best model (earlier: 0.8969; goal <= 0.890)",
+              rule="at_most", target=0.890, dataset="movielens-100k"),
     Reference("five_fold_mae", 0.721, "five-fold mean MAE, our best model (SVD++: 0.721)", rule="lower",
               dataset="movielens-100k"),
     Reference("five_fold_time_s", 90.0, "its five-fold fit+test time, s (SVD++ ~90 s; goal < 60 s)", rule="at_most",
@@ -201,7 +217,7 @@ BUILDERS: dict[str, Callable[[Config, tuple[float, float]], Any]] = {
     "biased-als": lambda cfg, scale: BiasedALS(cfg.biased_rank, cfg.biased_reg, cfg.reg_bias, cfg.biased_sweeps,
                                                seed=cfg.seed, clip=scale),
     "bayesian-mf": lambda cfg, scale: BayesianMF(cfg.rank, cfg.sweeps, cfg.burn_in, cfg.noise_precision,
-                                                 seed=cfg.seed, clip=scale),
+                                                 seed=cfg.seed, clip=scale, implicit=cfg.implicit),
 }
 
 

@@ -3,16 +3,20 @@
 Source: `../shared/seeds/004_a59f37929212bae1.txt`, Q4: mean log p(train) = -250.7, mean
 log p(test) = -295.1, and digit "1" the most likely class at about -57.8. We estimate
     log p(x) ~= log (1/K) sum_k p(x|z_k) p(z_k) / q(z_k|x),   z_k ~ q(z|x)
-(importance sampling from the encoder; K = 1 is the ELBO, Burda et al. 2015 go to K = 5000), batched
-over images and samples, in nats and bits per dimension, every normalising constant included. The
-estimates for the smaller K reuse the first K of the largest K's samples, so one pass gives the whole
-convergence table. Their Monte Carlo error is measured from independent replicates of the whole
-estimate (see `replicate_stderr`: the encoder's weights are heavy-tailed, and the textbook delta-method
-error is 2x too small), and the effective sample size of the weights is reported per image. The
-sampling loop is the idea here, so it is written out (not `engine.fit`). The VAE comes from
+(importance sampling from the encoder; K = 1 is the ELBO, Burda et al. 2015 go to K = 5000) on every
+test image at every K up to the IWAE paper's 5000, and on a random subset of the training images, in nats
+and bits per dimension, every normalising constant included. The estimates for the smaller K reuse the
+first K of the largest K's samples, so one pass gives the whole convergence table. Their Monte Carlo
+error is measured from independent replicates of the whole estimate (see `replicate_stderr`: the
+encoder's weights are heavy-tailed, and the textbook delta-method error is 2x too small), and the
+effective sample size of the weights is reported per image. The sampling loop is the idea here, so it
+is written out (not `engine.fit`); it is batched over images and samples, in float32 (the log-sum-exp
+subtracts each image's largest log weight first, so nothing overflows), and spends its time where it
+must: in the decoder's last layer and one log-sigmoid per pixel (see `vae_log_joint`). The VAE comes from
 `--from-run VAE_RUN` or is trained here with `vae`'s defaults.
 
-    dlclassics run vae-loglik --from-run runs/vae/<folder>
+    dlclassics run vae --data-dir ../shared/datasets --carve-test 0.2
+    dlclassics run vae-loglik --data-dir ../shared/datasets --carve-test 0.2 --from-run runs/vae/<folder>
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+import matplotlib.pyplot as plt
 import torch
 from torch.nn import functional as F
 
@@ -49,11 +54,10 @@ FROM_RUN = Upstream(("vae",))  # its snapshots are checked when loaded (which on
 @dataclasses.dataclass(frozen=True)
 class Config(BaseConfig):
     dataset: str = dataset_option("mnist", image_datasets, "image dataset (must be the --from-run VAE's)")
-    samples: tuple[int, ...] = option((1, 10, 100, 1000), "importance samples K, comma separated (K = 1: the ELBO)",
-                                      low=1)
-    images: int = option(10000, "images per split (train: a fixed random subset; 0 = all)", low=0)
-    iwae_samples: int = option(5000, "K of the convergence study on a test subset (the IWAE paper's 5000)", low=1)
-    iwae_images: int = option(500, "test images of the convergence study", low=1)
+    samples: tuple[int, ...] = option((1, 10, 100, 1000, 5000), "importance samples K, comma separated (K = 1: the "
+                                      "ELBO; the largest is the IWAE paper's 5000)", low=1)
+    test_images: int = option(0, "test images (the first N; 0 = all)", low=0)
+    train_images: int = option(1000, "training images (a fixed random subset; 0 = all)", low=0)
     error_images: int = option(100, "images per table whose estimate is repeated to measure its Monte Carlo error",
                                low=1)
     replicates: int = option(5, "independent estimates of each of those images (the reported one included)", low=2)
@@ -64,15 +68,26 @@ class Config(BaseConfig):
     epochs: int = epochs_option(30, "epochs of the VAE trained here when no --from-run is given")
 
 
-RECIPES = {"seed": {}, "tuned": {}}  # an estimator, not a training recipe: both are the defaults
-QUICK = {"samples": (1, 10, 50), "images": 100, "iwae_samples": 200, "iwae_images": 20, "epochs": 2,
-         "error_images": 20, "replicates": 3}
+# An estimator, not a training recipe: both recipes are the defaults. K up to 5000 runs on every test image
+# (the IWAE paper's protocol); training images cost as much each, so a random 1,000 of them keep the run
+# near a minute (their mean's s.e. over images: 0.86 nats at K = 5000 on the carved MNIST).
+RECIPES = {"seed": {}, "tuned": {}}
+QUICK = {"samples": (1, 10, 50), "test_images": 100, "train_images": 100, "epochs": 2, "error_images": 20,
+         "replicates": 3}
 
 REFERENCES = [
     Reference("train_logp", -250.7, "mean log p(x), training images (nats)", rule="higher", dataset="mnist"),
     Reference("test_logp", -295.1, "mean log p(x), test images (nats)", rule="higher", dataset="mnist"),
     Reference("most_likely_class", 1, 'most likely class (test): digit "1"', rule="near", dataset="mnist"),
     Reference("class_1_test_logp", -57.8, 'mean log p(x) of digit "1"', rule="info", dataset="mnist"),
+    # Not the source's: the raised goal (issue 21), K = 5000 on every test image (the source does not say
+    # its K; before, K = 5000 ran on 500 test images and K = 1000 on the rest), with replicate error bars.
+    Reference("k_max", "not reported", "largest K, on every test image (goal: the IWAE paper's 5000)",
+              rule="at_least", target=5000),
+    Reference("test_estimate_time_s", "not reported", "seconds for all K on every test image (goal: <= 120 on the "
+              "2,000 carved from MNIST's test split)", rule="at_most", target=120.0),
+    Reference("test_logp_mc_stderr", "not reported", "Monte Carlo s.e. of the mean test log p(x), from replicates",
+              rule="info"),
 ]
 
 
@@ -203,12 +218,12 @@ def run(cfg: Config, run: Run) -> dict[str, Any]:
         run.note("Bernoulli likelihood on grey-level pixels (the source's): a log-probability for binary images; "
                  "for grey levels not normalised over [0, 1] (train with --set likelihood=continuous-bernoulli)")
     pick = torch.randperm(len(data["train_x"]), generator=torch.Generator().manual_seed(cfg.seed))
-    limit = cfg.images or None
-    splits = {"train": (data["train_x"][pick[:limit]], data["train_y"][pick[:limit]]),
-              "test": (data["test_x"][:limit], data["test_y"][:limit])}
+    chosen, tested = pick[:cfg.train_images or None], slice(cfg.test_images or None)
+    splits = {"train": (data["train_x"][chosen], data["train_y"][chosen]),
+              "test": (data["test_x"][tested], data["test_y"][tested])}
 
-    # ---- the main estimates: every K from one draw of max(K) samples per image; their Monte Carlo errors
-    # from replicates drawn with a second generator, so the estimates are those of the seed alone
+    # ---- every K from one draw of max(K) samples per image; the Monte Carlo errors from replicates drawn
+    # with a second generator, so the estimates are those of the seed alone
     replicates = torch.Generator().manual_seed(cfg.seed + 1)
     results, errors, rows = {}, {}, []
     for split, (x, _) in splits.items():
@@ -216,28 +231,16 @@ def run(cfg: Config, run: Run) -> dict[str, Any]:
             results[split] = estimate(model, x, cfg.samples, cfg, continuous, run.generator)
         errors[split] = replicate_stderr(model, x, cfg.samples, cfg, continuous, results[split], replicates)
         rows += [summary(split, k, results[split][k], errors[split][k]) for k in cfg.samples]
-    run.add_section("Estimates", markdown_table(rows) + f"\n\nK = {max(cfg.samples)} on {len(splits['test'][0]):,} "
-                    f"test images took {run.timings['test_estimate_time_s']:.1f} s. MC s.e.: the Monte Carlo error "
-                    f"of the mean (what another seed changes), from {cfg.replicates} independent estimates of "
-                    f"{cfg.error_images} random images per split; s.e. over images: the error as an estimate of the "
-                    "mean over all images of the distribution (it includes the Monte Carlo error); ESS: "
-                    "(sum w)^2 / sum w^2 of an image's K weights, out of K.")
-
-    # ---- convergence with K up to the IWAE paper's 5000, on a test subset
-    counts = tuple(sorted({k for k in (1, 10, 100, 1000, cfg.iwae_samples) if k <= cfg.iwae_samples}))
-    subset_x = splits["test"][0][: cfg.iwae_images]
-    subset = estimate(model, subset_x, counts, cfg, continuous, run.generator)
-    subset_errors = replicate_stderr(model, subset_x, counts, cfg, continuous, subset, replicates)
-    convergence = [summary("test subset", k, subset[k], subset_errors[k]) for k in counts]
-    figure = plots.curves(convergence, "K", {"mean log p (nats)": "test subset"},
-                          f"IS estimate of log p(x) vs K ({cfg.iwae_images} test images)", "mean log p(x) (nats)",
-                          xlabel="K (importance samples)")
-    figure.axes[0].set_xscale("log")
-    run.save_figure(figure, "convergence",
-                    "Importance-sampling estimate against the number of samples (K = 1 is the ELBO)", rows=convergence)
+    k = max(cfg.samples)
+    run.add_section("Estimates", markdown_table(rows) + f"\n\nK = {k} (and every smaller K, from the same samples) "
+                    f"on all {len(splits['test'][0]):,} test images took {run.timings['test_estimate_time_s']:.1f} s. "
+                    f"MC s.e.: the Monte Carlo error of the mean (what another seed changes), from {cfg.replicates} "
+                    f"independent estimates of {cfg.error_images} random images per split; s.e. over images: the "
+                    "error as an estimate of the mean over all images of the distribution (it includes the Monte "
+                    "Carlo error); ESS: (sum w)^2 / sum w^2 of an image's K weights, out of K.")
+    save_convergence_figure(run, rows)
 
     # ---- the weights' effective sample size, and what the delta method would have claimed, at the largest K
-    k = max(cfg.samples)
     ess = {split: results[split][k].ess for split in splits}
     run.save_figure(plots.histograms(ess, f"Effective sample size of each image's K = {k} importance weights",
                                      f"ESS (out of K = {k})", logx=True, ylabel="fraction of images"),
@@ -277,4 +280,19 @@ def run(cfg: Config, run: Run) -> dict[str, Any]:
             "test_elbo": results["test"][1].log_p.mean().item() if 1 in cfg.samples else None,
             "test_bits_per_dim": bits_per_dim(means["test"], 784), "most_likely_class": best,
             "class_1_test_logp": _measured(per_class[1]["test mean log p"]), "test_images": len(splits["test"][0]),
-            "k_max": k, "iwae_k_logp": convergence[-1]["mean log p (nats)"]}
+            "train_images": len(splits["train"][0]), "k_max": k}
+
+
+def save_convergence_figure(run: Run, rows: list[dict[str, Any]]) -> None:
+    """The estimate against K, both splits, with two Monte Carlo standard errors as error bars."""
+    figure, axes = plt.subplots(figsize=(6.4, 4.2))
+    for split in ("train", "test"):
+        mine = [row for row in rows if row["split"] == split]
+        axes.errorbar([row["K"] for row in mine], [row["mean log p (nats)"] for row in mine],
+                      yerr=[2 * row["MC s.e."] for row in mine], marker="o", capsize=3, label=f"{split} images")
+    axes.set(xscale="log", xlabel="K (importance samples)", ylabel="mean log p(x) (nats)",
+             title="IS estimate of log p(x) against K (bars: 2 Monte Carlo s.e.)")
+    axes.grid(alpha=0.3)
+    axes.legend()
+    run.save_figure(figure, "convergence", "Importance-sampling estimate against the number of samples (K = 1 is the "
+                    "ELBO), with two Monte Carlo standard errors from the replicates", rows=rows)

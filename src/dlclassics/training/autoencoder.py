@@ -1,5 +1,6 @@
 """Training and measuring autoencoders on their reconstruction error, for `dense-autoencoder` (trained with
-`fit`) and `autoencoder-vs-pca` (its own full-batch loop), which both report the test error per pixel."""
+`fit`) and `autoencoder-vs-pca` (its own loops: exact least squares for the linear autoencoder, from
+`methods.linear_autoencoder`, and Adam), which both report the test error per pixel."""
 
 from __future__ import annotations
 
