@@ -51,7 +51,6 @@ from dlclassics.training.classifiers import (
     ImageShape,
     classifier_builder,
     load_classifier,
-    recorded_options,
 )
 
 TITLE = "Transfer learning: frozen, fine-tuned and from-scratch networks against the labels available (S2)"
@@ -119,7 +118,7 @@ class Backbone:
 def own_backbone(run: Run, data: ImageData) -> Backbone:
     """All but the last layer of the classifier of the --backbone-run run."""
     finished = run.from_run
-    theirs = recorded_options(finished).get("dataset", "mnist")
+    theirs = finished.options.get("dataset", "mnist")
     spec = image_spec(theirs)
     if (spec.channels, spec.image_size) != (data.channels, data.image_size):
         raise UsageError(f"--backbone-run {finished.folder} read {spec.channels}x{spec.image_size}x{spec.image_size} "

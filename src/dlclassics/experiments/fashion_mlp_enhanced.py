@@ -123,7 +123,7 @@ def trained_baseline(cfg: Config, run: Run, data: dict[str, torch.Tensor]) -> di
 def finished_baseline(cfg: Config, run: Run) -> dict[str, Any]:
     """The metrics of a finished fashion-mlp run (`--from-run`); a different dataset is refused."""
     finished = run.from_run
-    folder, theirs, metrics = finished.folder, finished.record.get("config", {}), finished.metrics()
+    folder, theirs, metrics = finished.folder, finished.options, finished.metrics()
     if theirs.get("dataset") != cfg.dataset:
         raise UsageError(f"--from-run {folder} used {theirs.get('dataset')}, this run {cfg.dataset}; "
                          f"pass --dataset {theirs.get('dataset')} or another fashion-mlp run")

@@ -45,7 +45,6 @@ from dlclassics.training.classifiers import (
     ImageShape,
     PixelClassifier,
     load_classifier,
-    recorded_options,
     train_cnn,
 )
 
@@ -203,7 +202,7 @@ def finished_victim(run: Run) -> tuple[PixelClassifier, ImageData, float]:
     if carved != run.carve_test:
         raise UsageError(f"--from-run {finished.folder} was run with --carve-test {carved:g}, this run with "
                          f"{run.carve_test:g}: pass the same, so that the attacked images are its test split")
-    data = run.load_images(recorded_options(finished).get("dataset", "mnist"))
+    data = run.load_images(finished.options.get("dataset", "mnist"))
     run.note(f"victim: the {finished.experiment} run {finished.folder} (its own dataset, {data.name})")
     return load_classifier(finished, shape_of(data)), data, finished.metrics()["test_accuracy"]
 

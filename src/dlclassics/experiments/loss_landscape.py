@@ -87,7 +87,7 @@ def load_trajectory(source: FinishedRun) -> dict[str, Any]:
     """The trajectory of a finished fashion-mlp (or loss-landscape) run: parameters [T, P], hidden widths,
     activation, and the dataset it was trained on."""
     saved = source.load(TRAJECTORY, read_trajectory)
-    return {**saved, "dataset": source.record.get("config", {}).get("dataset")}
+    return {**saved, "dataset": source.options.get("dataset")}
 
 
 def read_trajectory(path: Path) -> dict[str, Any]:

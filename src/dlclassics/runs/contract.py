@@ -44,6 +44,16 @@ class FinishedRun:
         return self.record["experiment"]
 
     @property
+    def options(self) -> dict[str, Any]:
+        """The options the finished run ran with (its config.json's "config"); a UsageError when that is no
+        table (an edited file), so that a consumer never reads a list or a number as its producer's options."""
+        options = self.record.get("config", {})
+        if not isinstance(options, dict):
+            raise UsageError(f"--from-run {self.folder}: its {CONFIG} does not describe a '{self.experiment}' run "
+                             f"('config' is {type(options).__name__}, not a table of options)")
+        return options
+
+    @property
     def carve_test(self) -> float:
         """The fraction of its one split the producer carved as its test set (0: it had both splits)."""
         value = self.record.get("carve_test") or 0.0

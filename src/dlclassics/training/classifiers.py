@@ -224,20 +224,11 @@ PRODUCERS: dict[str, Producer] = {
 }
 
 
-def recorded_options(finished: FinishedRun) -> dict[str, Any]:
-    """The options the finished run ran with (its config.json's "config"); a UsageError when that is no table."""
-    options = finished.record.get("config", {})
-    if not isinstance(options, dict):
-        raise UsageError(f"--from-run {finished.folder}: its config.json does not describe a "
-                         f"'{finished.experiment}' run ('config' is {type(options).__name__}, not a table of options)")
-    return options
-
-
 def producer_config(finished: FinishedRun) -> Any:
     """The producer's network options from its config.json, resolved (typed, checked) as its own run did."""
     options = PRODUCERS[finished.experiment].options
     names = {field.name for field in dataclasses.fields(options)}
-    recorded = {name: value for name, value in recorded_options(finished).items() if name in names}
+    recorded = {name: value for name, value in finished.options.items() if name in names}
     try:
         return resolve(options, recorded)
     except UsageError as exc:

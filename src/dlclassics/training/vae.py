@@ -155,7 +155,7 @@ def load_run(finished: FinishedRun, device: torch.device) -> tuple[VaeConfig, di
     """The config and the snapshot models of a finished `vae` run (`--from-run`); a UsageError names
     any snapshot that is missing or unreadable."""
     try:
-        config = resolve(VaeConfig, finished.record.get("config", {}))
+        config = resolve(VaeConfig, finished.options)
     except UsageError as exc:
         raise UsageError(f"--from-run {finished.folder}: its config.json does not describe a vae run ({exc})") from None
     read = functools.partial(load_snapshot, config, device)
