@@ -378,3 +378,11 @@ def test_on_a_busy_machine_a_usage_error_is_still_one_line_and_the_hint_comes_wi
     assert "option 'lr' must be > 0.0" in _one_line(capsys)
     assert _toy(tmp_path) == 0  # a run that starts: the hint is printed once it has started
     assert "other work keeps this machine busy" in capsys.readouterr().err
+
+
+def test_a_400_digit_wall_time_shows_as_unknown_in_the_results_table(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    fake_run(runs, "20260101-000001-aaaaaa", metrics={"test_accuracy": 0.9, "wall_time_s": 10 ** 400})
+    assert main(["runs", "--out", str(runs), "--markdown"]) == 0
+    captured = capsys.readouterr()
+    assert "| not met | ? |" in captured.out and "Traceback" not in captured.err

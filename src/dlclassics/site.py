@@ -42,6 +42,7 @@ from dlclassics import __version__, registry
 from dlclassics.errors import UsageError
 from dlclassics.files import atomic_write_bytes, atomic_write_text, make_dirs
 from dlclassics.runs import CONFIG, HISTORY, METRICS
+from dlclassics.runs.contract import is_finite_number
 from dlclassics.runs.folder import INCOMPLETE, REPORT, REPORT_PARTS
 from dlclassics.runs.report import format_number
 from dlclassics.runs.request import resume_command
@@ -145,7 +146,7 @@ class RunInfo:
         names += [str(ref.get("metric")) for ref in self.references]
         names += [name for name in self.numbers if name.startswith(("test_", "val_", "best_"))]
         for name in names:
-            if is_number(self.numbers.get(name)):
+            if is_finite_number(self.numbers.get(name)):
                 return name, self.numbers[name]
         return None
 
@@ -157,7 +158,7 @@ class RunInfo:
     @property
     def wall_time(self) -> float | None:
         value = self.numbers.get("wall_time_s")
-        return value if is_number(value) else None
+        return value if is_finite_number(value) else None
 
     @property
     def started(self) -> str:
@@ -206,16 +207,6 @@ def recipe_of(record: Mapping[str, Any]) -> str:
     if recipe not in ("seed", "tuned"):
         return "unrecorded"
     return "custom" if record.get("changed_options") else recipe
-
-
-def is_number(value: Any) -> bool:
-    """A finite int or float that a float can hold (a 400-digit integer in a damaged metrics.json is not)."""
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
-        return False
-    try:
-        return math.isfinite(value)
-    except OverflowError:
-        return False
 
 
 def listed(value: Any) -> list[Any]:
@@ -456,7 +447,7 @@ def experiment_context(experiment: str, runs: Sequence[RunInfo]) -> dict[str, An
                                       if not isinstance(value, (dict, list))))
     finished = [run for run in runs if run.status == "finished" and run.key_metric]
     key_name = finished[0].key_metric[0] if finished else None
-    over_runs = [run for run in reversed(finished) if is_number(run.numbers.get(key_name))]
+    over_runs = [run for run in reversed(finished) if is_finite_number(run.numbers.get(key_name))]
     key_chart = chart(key_name, list(range(1, len(over_runs) + 1)), [run.numbers[key_name] for run in over_runs],
                       "run", [f"{run.name} ({run.recipe})" for run in over_runs]) if key_name else None
     return {"experiment": experiment, "title": title_of(experiment), "runs": runs, "compared": compared,

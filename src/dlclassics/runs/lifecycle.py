@@ -25,6 +25,7 @@ from dlclassics.files import (
     atomic_write_json,
     jsonable,
 )
+from dlclassics.runs.contract import is_finite_number
 from dlclassics.runs.folder import (
     CHECKPOINTS,
     CONFIG,
@@ -241,7 +242,7 @@ def timings_of_all_parts(run: Run) -> dict[str, float]:
     for part in run.parts[:-1]:
         earlier = part.get("timings")
         for name, seconds in (earlier.items() if isinstance(earlier, dict) else ()):
-            if name in totals and isinstance(seconds, (int, float)) and math.isfinite(seconds):
+            if name in totals and is_finite_number(seconds):
                 totals[name] = round(totals[name] + seconds, 2)
     return totals
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from dlclassics.errors import UsageError
+from dlclassics.runs.contract import is_finite_number
 from dlclassics.runs.folder import CONFIG, INCOMPLETE, METRICS, REFERENCES
 from dlclassics.runs.report import format_number
 
@@ -76,7 +77,7 @@ def results_table(rows: list[dict[str, Any]]) -> str:
         machine = record.get("machine") if isinstance(record.get("machine"), dict) else {}
         where = f"{machine.get('processor', '?')}, {machine.get('cpu_count', '?')} cores, {record.get('device', '?')}"
         wall = row["metrics"].get("wall_time_s")
-        wall = f"{wall:.0f} s" if isinstance(wall, (int, float)) and not isinstance(wall, bool) else "?"
+        wall = f"{wall:.0f} s" if is_finite_number(wall) else "?"
         for ref in (ref for ref in references if isinstance(ref, dict)):
             lines.append(f"| {row['experiment']} | {data} | {ref.get('what', '?')} | "
                          f"{format_number(ref.get('source', '?'))} | {format_number(ref.get('ours'))} | "
