@@ -532,11 +532,18 @@ def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial:
     return max(complete, key=lambda t: (sign * t.value, -trial_index(t)))
 
 
+def trial_seconds(trial: optuna.trial.FrozenTrial) -> float:
+    """A finished trial's wall time."""
+    return (trial.datetime_complete - trial.datetime_start).total_seconds()
+
+
+def measured_attributes(trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
+    """What the objective recorded on a trial (a validation loss), without the search's own bookkeeping."""
+    return {key: value for key, value in trial.user_attrs.items() if key not in (INDEX, SURPLUS, ERROR)}
+
+
 def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
     """One row per finished trial: its index, parameters, value, wall time and attributes."""
-    rows = []
-    for trial in completed_trials(study):
-        seconds = (trial.datetime_complete - trial.datetime_start).total_seconds()
-        rows.append({"trial": trial_index(trial), **trial.params, "value": trial.value, "seconds": round(seconds, 2),
-                     **{k: v for k, v in trial.user_attrs.items() if k not in (INDEX, SURPLUS, ERROR)}})
-    return rows
+    return [{"trial": trial_index(trial), **trial.params, "value": trial.value,
+             "seconds": round(trial_seconds(trial), 2), **measured_attributes(trial)}
+            for trial in completed_trials(study)]

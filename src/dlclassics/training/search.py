@@ -34,19 +34,14 @@ def search_on_run(run: Run, objective: sweep.Objective, plan: sweep.Search,
     return study
 
 
-# Trial attributes that are the search's bookkeeping, not measurements.
-BOOKKEEPING = (sweep.INDEX, sweep.SURPLUS, sweep.ERROR)
-
-
 def tracked_trials(study: optuna.Study, metric: str) -> list[Trial]:
     """The study's finished trials as trackers log them, whichever process ran them: the parameters, the
     objective's value under the plan's metric name ("validation_accuracy"), the seconds it took and the
     numeric attributes the objective recorded (a validation loss)."""
     trials = []
     for trial in sweep.completed_trials(study):
-        measured = {key: float(value) for key, value in trial.user_attrs.items()
-                    if key not in BOOKKEEPING and isinstance(value, (int, float))}
-        seconds = (trial.datetime_complete - trial.datetime_start).total_seconds()
+        measured = {key: float(value) for key, value in sweep.measured_attributes(trial).items()
+                    if isinstance(value, (int, float))}
         trials.append(Trial(sweep.trial_index(trial), dict(trial.params),
-                            {metric.replace(" ", "_"): trial.value, "seconds": seconds, **measured}))
+                            {metric.replace(" ", "_"): trial.value, "seconds": sweep.trial_seconds(trial), **measured}))
     return trials
