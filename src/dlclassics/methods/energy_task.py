@@ -159,10 +159,11 @@ def build_energy_task(train_images: torch.Tensor, test_images: torch.Tensor, *, 
                       mixture_components: int, n_train: int, n_test: int, seed: int, generator: torch.Generator,
                       fit_images: int = 0) -> EnergyTask:
     """Fit the exact energy on the first `fit_images` training images (0 = all); the train set's
-    real images come from the training split and the test set's from the test split."""
+    real images come from the training split and the test set's from the test split. The test set is
+    drawn first, so runs with more or fewer training examples are tested on the same examples."""
     train_x, mean, std = standardise(train_images[:fit_images] if fit_images > 0 else train_images)
     test_x, _, _ = standardise(test_images, mean, std)
     exact = fit_pca_mixture(train_x, pca_components, mixture_components, seed)
+    x_test, e_test, part_test = make_energy_dataset(exact, test_x, n_test, generator)  # first: n_train cannot change it
     x_train, e_train, part_train = make_energy_dataset(exact, train_x, n_train, generator)
-    x_test, e_test, part_test = make_energy_dataset(exact, test_x, n_test, generator)
     return EnergyTask(exact, x_train, e_train, part_train, x_test, e_test, part_test, mean, std)

@@ -50,11 +50,13 @@ class Reference:
     tolerance: float = 0.0
     target: float | None = None
     dataset: str | None = None  # the dataset the source measured on; another one -> not comparable
+    own_data: bool = False  # a project goal on the run's own data: judged even when the run is not comparable
 
     def verdict(self, measured: Any, dataset: str | None, comparable: bool) -> str:
         if measured is None or (isinstance(measured, float) and math.isnan(measured)):
             return "not measured"
-        if not comparable or (self.dataset is not None and dataset is not None and dataset != self.dataset):
+        if not (comparable or self.own_data) or (self.dataset is not None and dataset is not None
+                                                  and dataset != self.dataset):
             return "not comparable (different data)"
         goal = self.target if self.target is not None else self.source_value
         if self.rule == "info" or isinstance(goal, str):
