@@ -120,7 +120,7 @@ def _model(**options) -> topic_vae.TopicVAE:
 
 
 def test_reconstruction_gradient_reaches_mu_and_sigma():
-    model, x = _model(), torch.poisson(torch.full((5, 30), 2.0))
+    model, x = _model(), torch.poisson(torch.full((1, 5, 30), 2.0))
     topic_vae.negative_elbo(model, x, 1.0, kl_weight=0.0)["loss"].sum().backward()
     assert model.mu.weight.grad.abs().sum() > 0 and model.log_sigma.weight.grad.abs().sum() > 0
     mu = torch.zeros(3, requires_grad=True)
@@ -133,11 +133,49 @@ def test_log_softmax_stays_finite_where_log_of_softmax_is_nan():
     model = _model()
     with torch.no_grad():
         model.B.weight.mul_(1e4)  # probabilities underflow to 0
-    x = torch.ones(3, 30)
+    x = torch.ones(1, 3, 30)
     out = model(x)
     assert torch.isfinite(topic_vae.negative_elbo(model, x, 1.0)["loss"]).all()
     logits = model.B(out["theta"])
     assert not torch.isfinite((x * torch.log(F.softmax(logits, dim=-1))).sum(-1)).all()
+
+
+def test_seed_batch_norm_is_batch_norm_per_seed():
+    x = torch.randn(3, 16, 5) * torch.tensor([1.0, 4.0, 0.5])[:, None, None] + 2.0
+    norm = topic_vae.SeedBatchNorm(3, 5)
+    out = norm(x)
+    for seed in range(3):
+        reference = torch.nn.BatchNorm1d(5, affine=False)
+        assert torch.allclose(out[seed], reference(x[seed]), atol=1e-5)
+        assert torch.allclose(norm.running_mean[seed, 0], reference.running_mean, atol=1e-6)
+        assert torch.allclose(norm.running_var[seed, 0], reference.running_var, atol=1e-5)
+    norm.eval()
+    reference.eval()
+    assert torch.allclose(norm(x)[2], reference(x[2]), atol=1e-5)
+
+
+def test_seeds_trained_at_once_are_separate_models():
+    """Seed s of the batched model computes what a one-seed model holding its weights computes, and its
+    gradient is that model's: the seeds do not interact."""
+    batched = _model(batch_norm=True, background=True, activation="softplus", seeds=3)
+    x = torch.poisson(torch.full((3, 6, 30), 1.5))
+    noise = torch.randn(3, 6, 4)
+    topic_vae.negative_elbo(batched, x, 2.0, noise=noise)["loss"].mean(1).sum().backward()
+    for seed in range(3):
+        single = _model(batch_norm=True, background=True, activation="softplus")
+        single.load_state_dict({name: value[seed:seed + 1] for name, value in batched.state_dict().items()})
+        loss = topic_vae.negative_elbo(single, x[seed:seed + 1], 2.0, noise=noise[seed:seed + 1])["loss"]
+        loss.mean().backward()
+        for (name, mine), theirs in zip(batched.named_parameters(), single.parameters()):
+            assert torch.allclose(mine.grad[seed:seed + 1], theirs.grad, rtol=1e-4, atol=1e-4), name
+
+
+def test_summary_is_the_mean_and_sample_spread_over_the_seeds():
+    results = [{"npmi_doc": 0.1, "perplexity": 10.0}, {"npmi_doc": 0.3, "perplexity": 30.0}]
+    summary = topic_vae.summarise(results, "lda_")
+    assert summary == pytest.approx({"lda_npmi_doc": 0.2, "lda_npmi_doc_sd": math.sqrt(0.02),
+                                     "lda_perplexity": 20.0, "lda_perplexity_sd": math.sqrt(200.0)})
+    assert topic_vae.summarise(results[:1])["npmi_doc_sd"] == 0.0
 
 
 def test_kl_matches_torch_distributions():
@@ -162,9 +200,10 @@ def test_kl_weight_rises_linearly_then_stays_at_one():
 def test_seed_recipe_is_the_source_model():
     seed = topic_vae.Config(**topic_vae.RECIPES["seed"])
     assert (seed.topics, seed.hidden, seed.lr, seed.batch_size, seed.kl_warmup) == (81, 81, 0.01, 64, 1000)
+    assert (seed.steps, seed.epochs, seed.patience) == (0, 200, 10)  # a budget in epochs, stopped by patience
     model = topic_vae.TopicVAE(50, seed.hidden, seed.topics, seed.activation, seed.batch_norm, seed.dropout)
-    assert model.B.weight.shape == (50, 81) and model.B.bias is None
-    assert not any(isinstance(m, torch.nn.BatchNorm1d) for m in model.modules())
+    assert model.B.weight.shape == (1, 81, 50) and model.B.bias is None
+    assert not any(isinstance(m, topic_vae.SeedBatchNorm) for m in model.modules())
 
 
 # ---------------------------------------------------------------- runs
@@ -185,10 +224,14 @@ def _metrics(folder) -> dict:
 def test_quick_run_on_man_pages_reports_both_models(text_data_dir, tmp_path):
     folder = run_quick("topic-vae", text_data_dir, tmp_path / "runs")
     metrics = _metrics(folder)
-    for key in ("npmi_doc", "npmi_window", "lda_npmi_doc", "lda_npmi_window", "topic_diversity", "perplexity"):
+    for key in ("npmi_doc", "npmi_window", "lda_npmi_doc", "lda_npmi_window", "topic_diversity", "perplexity",
+                "npmi_window_sd", "lda_topic_diversity_sd"):
         assert np.isfinite(metrics[key]), key
+    for key in topic_vae.COMPARED:  # the goal rows compare the means over the seeds
+        assert metrics[f"{key}_minus_lda"] == pytest.approx(metrics[key] - metrics[f"lda_{key}"])
     report = (folder / "report.md").read_text()
     assert "Topics of topic-vae" in report and "Topics of LDA" in report and "torch.normal" in report
+    assert "Scores of each seed (3 topic-vae models" in report and "npmi_window_minus_lda" in report
     for figure in ("loss", "npmi", "proportions", "documents_2d"):
         assert (folder / "figures" / f"{figure}.png").is_file(), figure
 
@@ -218,11 +261,12 @@ def test_synthetic_quick_run_reports_recovery_and_is_reproducible(tmp_path):
 
 def test_training_recovers_known_topics(tmp_path):
     """On a corpus drawn from LDA, LDA itself finds the true topics (the generator and the matching are
-    right), and ten epochs of the tuned topic-vae move its topics from chance towards them."""
+    right), and ten epochs of the tuned topic-vae (at batch 64: more steps) move its topics from chance
+    towards them."""
     from sklearn.decomposition import LatentDirichletAllocation
 
     cfg = topic_vae.Config(dataset="synthetic", synthetic_docs=1200, synthetic_vocabulary=100, synthetic_topics=5,
-                           topics=5, epochs=10, kl_warmup=50, patience=10)
+                           topics=5, epochs=10, batch_size=64, kl_warmup=50)
     run = Run("topic-vae", tmp_path, cfg, torch.device("cpu"), quiet=True, generator=torch.Generator().manual_seed(0))
     data = topic_vae.synthetic_corpus(cfg, run)
     lda = LatentDirichletAllocation(5, learning_method="batch", max_iter=10, random_state=0).fit(data.train)
@@ -230,9 +274,38 @@ def test_training_recovers_known_topics(tmp_path):
     torch.manual_seed(0)
     untrained = topic_vae.TopicVAE(100, cfg.hidden, cfg.topics, cfg.activation, cfg.batch_norm, cfg.dropout)
     model, _ = topic_vae.train(cfg, run, data)
-    before = topics.topic_recovery(untrained.topic_word(), data.true_topics).mean
-    after = topics.topic_recovery(model.topic_word(), data.true_topics).mean
-    assert before < 0.35 and after > 0.55 and after - before > 0.25  # measured: 0.29 -> 0.59
+    before = topics.topic_recovery(untrained.topic_word()[0], data.true_topics).mean
+    after = np.mean([topics.topic_recovery(seed, data.true_topics).mean for seed in model.topic_word()])
+    assert before < 0.35 and after > 0.75 and after - before > 0.4  # measured: 0.30 -> 0.86 (mean of 3 seeds)
+
+
+
+@pytest.mark.parametrize(("documents", "steps", "epochs", "expected_epochs", "expected_steps"), [
+    (120, 8, 1000, 4, 8),  # 100 training documents: 2 batches of 50 per epoch
+    (360, 8, 1000, 2, 12),  # 300: 6 batches; the last epoch is finished (12 steps, less than one epoch over)
+    (120, 8, 3, 3, 6),  # `epochs` caps the budget
+    (360, 0, 2, 2, 12),  # steps 0: the source's budget in epochs
+])
+def test_training_budget_is_counted_in_steps(tmp_path, monkeypatch, documents, steps, epochs, expected_epochs,
+                                             expected_steps):
+    """The tuned budget is optimizer steps whatever the corpus size (epochs = ceil(steps / batches per epoch),
+    at most `epochs`), and the cosine reaches 0 at the end of the epochs actually trained."""
+    optimizers, make_optimizer = [], topic_vae.make_optimizer
+
+    def recorded_optimizer(*args):
+        optimizers.append(make_optimizer(*args))
+        return optimizers[-1]
+
+    monkeypatch.setattr(topic_vae, "make_optimizer", recorded_optimizer)
+    cfg = topic_vae.Config(dataset="synthetic", synthetic_docs=documents, synthetic_vocabulary=30,
+                           synthetic_topics=3, topics=3, hidden=8, seeds=2, batch_size=50, steps=steps,
+                           epochs=epochs, kl_warmup=4)
+    run = Run("topic-vae", tmp_path, cfg, torch.device("cpu"), quiet=True, generator=torch.Generator().manual_seed(0))
+    data = topic_vae.synthetic_corpus(cfg, run)
+    assert topic_vae.training_epochs(cfg, data.train.shape[0]) == expected_epochs
+    _, history = topic_vae.train(cfg, run, data)
+    assert len(history) == expected_epochs and history[-1]["steps"] == expected_steps
+    assert optimizers[0].param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)
 
 
 def _one_line(capsys) -> str:
@@ -261,4 +334,23 @@ def test_benchmark_runs_at_a_small_size(monkeypatch, capsys):
                                       "--topics", "4"])
     BENCH.main()
     out = capsys.readouterr().out
-    assert "tuned  recipe: one epoch" in out and "seed   recipe" in out and "course loop" in out
+    assert "tuned  recipe: one epoch of 3 seeds" in out and "seed   recipe" in out and "course loop" in out
+    assert "its budget here: at most 200 epochs" in out  # the seed's budget is epochs, the tuned one steps
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(reason="issue 21: measured 1-thread on a loaded machine, document NPMI +0.002 (met), sliding "
+                   "windows -0.015 and diversity -0.04 (missed)", strict=False)
+def test_topic_vae_is_ahead_of_lda_on_the_man_pages(tmp_path):
+    """The raised goal (issue 21): on the held-out man pages, the mean over 3 seeds of topic-vae's NPMI in
+    both conventions and its topic diversity are at least LDA's means over the same seeds (about 4 minutes
+    on one loaded core)."""
+    from dlclassics.data.registry import find_folder
+
+    if find_folder(registry.dataset("manpages-dev"), None) is None:
+        pytest.skip("manpages-dev is not installed (apt-get install manpages-dev)")
+    assert main(["run", "topic-vae", "--quiet", "--no-site", "--out", str(tmp_path)]) == 0
+    (folder,) = (tmp_path / "topic-vae").iterdir()
+    metrics = _metrics(folder)
+    for key in topic_vae.COMPARED:
+        assert metrics[f"{key}_minus_lda"] >= 0, (key, metrics[key], metrics[f"lda_{key}"])

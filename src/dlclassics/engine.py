@@ -9,10 +9,14 @@ classifiers, autoencoders and VAEs all use the same `fit`. Experiments whose loo
 The loop never waits for the device within a window of steps: step outputs are read every
 `READ_EVERY` steps (`StepOutputs`). On CUDA it also captures the step as CUDA graphs and trains conv
 nets in bf16 and channels_last (`choose_acceleration`); on the CPU the step is the plain eager one.
+
+`WeightAverage` wraps a model in a moving average of its weights, updated after every optimizer step
+and used in eval mode; it lives in the model's state dict, so `fit`'s checkpoints keep it.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import math
@@ -27,6 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from dlclassics.data.augment import flip_and_translate
 from dlclassics.distributed import DataParallel, Step, world_size
 from dlclassics.errors import RunError
 from dlclassics.files import atomic_torch_save, load_tensor_file
@@ -55,11 +60,31 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def weight_decay_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Parameter groups with L2 on weight matrices and kernels only, never on biases or norm scales."""
-    decayed = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
-    plain = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
-    return [{"params": decayed, "weight_decay": weight_decay}, {"params": plain, "weight_decay": 0.0}]
+NORMALISATIONS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm, nn.InstanceNorm1d,
+                  nn.InstanceNorm2d, nn.InstanceNorm3d, nn.GroupNorm, nn.LayerNorm)
+
+
+def norm_biases(model: nn.Module) -> list[nn.Parameter]:
+    """The trainable shifts (biases) of the model's batch, instance, group and layer normalisations."""
+    return [module.bias for module in model.modules() if isinstance(module, NORMALISATIONS)
+            and isinstance(module.bias, nn.Parameter) and module.bias.requires_grad]
+
+
+def weight_decay_groups(model: nn.Module, weight_decay: float,
+                        norm_bias_lr: float | None = None) -> list[dict[str, Any]]:
+    """Parameter groups with L2 on weight matrices and kernels only, never on biases or norm scales.
+
+    With `norm_bias_lr`, the normalisation layers' biases form a third group with that learning rate (and
+    no decay either): a bias after a normalisation only shifts a unit-variance activation, and the fast
+    CIFAR recipes train these shifts with a learning rate tens of times the weights'.
+    """
+    separate = {id(p) for p in norm_biases(model)} if norm_bias_lr is not None else set()
+    trainable = [p for p in model.parameters() if p.requires_grad and id(p) not in separate]
+    groups = [{"params": [p for p in trainable if p.ndim > 1], "weight_decay": weight_decay},
+              {"params": [p for p in trainable if p.ndim <= 1], "weight_decay": 0.0}]
+    if separate:
+        groups.append({"params": norm_biases(model), "weight_decay": 0.0, "lr": norm_bias_lr})
+    return groups
 
 
 # at::internal::GRAIN_SIZE: torch's elementwise CPU ops split tensors at least this large across threads.
@@ -87,10 +112,13 @@ def can_fuse(model: nn.Module) -> bool:
             or max(p.numel() for p in params) >= PARALLEL_GRAIN)
 
 
-def sgd(model: nn.Module, lr: float, momentum: float, nesterov: bool, weight_decay: float) -> torch.optim.SGD:
+def sgd(model: nn.Module, lr: float, momentum: float, nesterov: bool, weight_decay: float,
+        norm_bias_lr_scale: float = 1.0) -> torch.optim.SGD:
     """SGD with plain or Nesterov momentum (Nesterov only when momentum > 0), L2 on weights only, fused
-    where that is faster."""
-    return torch.optim.SGD(weight_decay_groups(model, weight_decay), lr=lr, momentum=momentum,
+    where that is faster; the normalisation layers' biases learn at `norm_bias_lr_scale` times `lr`
+    (`weight_decay_groups`; a schedule scales every group's rate alike)."""
+    norm_bias_lr = lr * norm_bias_lr_scale if norm_bias_lr_scale != 1.0 else None
+    return torch.optim.SGD(weight_decay_groups(model, weight_decay, norm_bias_lr), lr=lr, momentum=momentum,
                            nesterov=nesterov and momentum > 0, fused=can_fuse(model) or None)
 
 
@@ -114,11 +142,18 @@ def flat_parameters(model: nn.Module) -> torch.Tensor:
     return torch.cat([p.detach().reshape(-1).cpu() for p in model.parameters() if p.requires_grad])
 
 
-def classification_step(model: nn.Module, batch: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Cross-entropy on logits, plus the batch accuracy for the progress bar and history."""
+def classification_step(model: nn.Module, batch: Sequence[torch.Tensor], label_smoothing: float = 0.0,
+                        flip: bool = False, shift: int = 0) -> dict[str, torch.Tensor]:
+    """Cross-entropy on logits, plus the batch accuracy for the progress bar and history.
+
+    The options (bind them with functools.partial) are the tuned recipes' regularisers: label smoothing,
+    and images [B, C, H, W] freshly flipped and translated by up to `shift` pixels (`data.augment`).
+    """
     inputs, targets = batch
+    if flip or shift:
+        inputs = flip_and_translate(inputs, flip, shift)
     logits = model(inputs)
-    loss = nn.functional.cross_entropy(logits, targets)
+    loss = nn.functional.cross_entropy(logits, targets, label_smoothing=label_smoothing)
     accuracy = (logits.argmax(1) == targets).float().mean()
     return {"loss": loss, "accuracy": accuracy}
 
@@ -207,6 +242,60 @@ def _set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     np.random.set_state(("MT19937", state["numpy_keys"].numpy().astype(np.uint32), state["numpy_pos"], 0, 0.0))
     random.setstate((3, tuple(state["python"]), None))
+
+
+# ---------------------------------------------------------------- weight averaging
+
+class WeightAverage(nn.Module):
+    """A model and an exponential moving average of its weights, which evaluation uses.
+
+    In training mode the forward runs the trained model; in eval mode (`evaluate_classifier`, `held_out`,
+    a test) it runs the average, whose weights move less between the last steps' noisy updates. `update`
+    (after each optimizer step: `follow`) moves every floating-point tensor of the average -- parameters
+    and the batch-norm running statistics alike, so the statistics come from the same span of training as
+    the weights they normalise -- towards the model's by a weight max(1 - decay, 1 / updates): the plain
+    mean of all updates so far until that many updates make the decay take over (an early average is
+    not dominated by the initial weights). Integer buffers (batch norm's step counts) are copied. While the
+    weights still move fast (the first epoch of a warm-up) the averaged statistics can miss the averaged
+    weights' activations and the average score at chance; recomputing them from data would fix that.
+
+    The average is a submodule and the update count its extra state, so both are in `state_dict()`:
+    `fit`'s checkpoint keeps them and a resumed run averages as an uninterrupted one. The average's
+    parameters never require gradients, so an optimizer built from this module trains only the model.
+    """
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        super().__init__()
+        if not 0.0 <= decay < 1.0:
+            raise ValueError(f"decay must be in [0, 1); got {decay}")
+        self.model, self.decay, self.updates = model, decay, 0
+        self.average = copy.deepcopy(model).requires_grad_(False)
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        return self.model(*inputs) if self.training else self.average(*inputs)
+
+    @torch.no_grad()
+    def update(self) -> None:
+        self.updates += 1
+        weight = max(1.0 - self.decay, 1.0 / self.updates)
+        current = [*self.model.parameters(), *self.model.buffers()]
+        averaged = [*self.average.parameters(), *self.average.buffers()]
+        floating = [(a, c) for a, c in zip(averaged, current) if a.is_floating_point()]
+        if floating:
+            torch._foreach_lerp_([a for a, _ in floating], [c for _, c in floating], weight)
+        for a, c in zip(averaged, current):
+            if not a.is_floating_point():
+                a.copy_(c)
+
+    def follow(self, optimizer: torch.optim.Optimizer) -> Any:
+        """Update after every step of `optimizer` (a step post-hook); returns the hook's removable handle."""
+        return optimizer.register_step_post_hook(lambda *_: self.update())
+
+    def get_extra_state(self) -> dict[str, int]:
+        return {"updates": self.updates}
+
+    def set_extra_state(self, state: dict[str, int]) -> None:
+        self.updates = int(state["updates"])
 
 
 # ---------------------------------------------------------------- reading the step outputs
@@ -424,7 +513,7 @@ def fit(model: nn.Module, data: Sequence[torch.Tensor], *, optimizer: torch.opti
         batch_size: int, generator: torch.Generator, step: Step = classification_step,
         evaluate: Callable[[nn.Module, int], dict[str, float]] | None = None,
         on_epoch_end: Callable[[nn.Module, int, dict[str, float]], None] | None = None,
-        scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+        scheduler: torch.optim.lr_scheduler.LRScheduler | None = None, schedule_per_step: bool = False,
         checkpoint: Path | None = None, resume: bool = False, record_iterations: bool = False,
         snapshot_parameters: bool = False, quiet: bool = False, desc: str = "train",
         read_every: int = READ_EVERY, capture: bool | None = None, precision: str = "auto",
@@ -433,9 +522,10 @@ def fit(model: nn.Module, data: Sequence[torch.Tensor], *, optimizer: torch.opti
 
     Each epoch: shuffle with `generator`, step through batches of `batch_size`, average the step's
     outputs, call `evaluate(model, epoch)` for held-out metrics and `on_epoch_end(model, epoch, row)`
-    (to save a snapshot, say), then write an atomic checkpoint. With `resume` and an existing
-    checkpoint, training continues after the last saved epoch and ends with the same numbers as an
-    uninterrupted run (on the CPU).
+    (to save a snapshot, say), then write an atomic checkpoint. `scheduler` steps once per epoch, or
+    after every optimizer step with `schedule_per_step` (a schedule within a training of one epoch). With
+    `resume` and an existing checkpoint, training continues after the last saved epoch and ends with the
+    same numbers as an uninterrupted run (on the CPU).
 
     The step outputs stay on the device and are read every `read_every` steps (see `StepOutputs`): a
     non-finite loss stops the run at most that many steps after it appeared. On CUDA a long fit's step
@@ -474,12 +564,14 @@ def fit(model: nn.Module, data: Sequence[torch.Tensor], *, optimizer: torch.opti
                 optimizer.zero_grad(set_to_none=True)
                 parallel.backward(step_outputs["loss"], share)
                 optimizer.step()
+                if schedule_per_step and scheduler is not None:
+                    scheduler.step()
                 progress.step(outputs.add(step_outputs, len(batch[0]) * share, share))
             outputs.read()
             totals = parallel.total([*outputs.sums.values(), *outputs.losses])  # the whole batches' numbers
             sums = dict(zip(outputs.sums, totals))
             iterations += totals[len(sums):]
-            if scheduler is not None:
+            if scheduler is not None and not schedule_per_step:
                 scheduler.step()
             row = {"epoch": epoch, **{f"train_{k}": v / n for k, v in sums.items()}}
             if evaluate is not None:

@@ -41,6 +41,7 @@ class ImageDatasetSpec(DatasetSpec):
     classes: tuple[str, ...] = ()
     channels: int = 1
     image_size: int = 28
+    mirror_symmetric: bool = True  # a mirrored image is still one of its class (not so for digits)
 
     def read_file(self, path: Path, entry: DataFile, unverified: bool) -> tuple[torch.Tensor, bytes]:
         item = (self.image_size, self.image_size) if entry.role == "images" else ()
@@ -68,6 +69,7 @@ MNIST = register(ImageDatasetSpec(
     title="MNIST handwritten digits (LeCun et al.), 60,000 train + 10,000 test, 28x28 grey",
     kind="images",
     classes=tuple(str(d) for d in range(10)),
+    mirror_symmetric=False,
     files=(
         # Training hashes: sha256 of the decompressed official files (the same values are published by
         # several independent loaders); only the .gz md5 is on the original page.
@@ -133,6 +135,7 @@ class ImageData:
     note: str = ""
     channels: int = 1
     image_size: int = 28
+    mirror_symmetric: bool = True  # random flips are a fair augmentation (False for digits)
 
     @property
     def summary(self) -> str:
@@ -157,7 +160,7 @@ def _load_split(spec: ImageDatasetSpec, folder: Path, split: str,
 
 def _load(spec: ImageDatasetSpec, folder: Path, carve_test: float, unverified: bool) -> ImageData:
     present = [s for s in spec.splits if all(file_path(folder, e) for e in spec.files if e.split == s)]
-    shape = {"channels": spec.channels, "image_size": spec.image_size}
+    shape = {"channels": spec.channels, "image_size": spec.image_size, "mirror_symmetric": spec.mirror_symmetric}
     notes = []
     if unverified:
         notes.append(f"data: unverified, not comparable (files in {folder} were not checked against the "

@@ -8,8 +8,9 @@ configuration retrained on train+val, recording the flattened parameters after e
 trajectory `loss-landscape` reads). Reference: best validation 0.8772 (3 layers of 40 units, batch
 16, lr 0.01, L2 0.001, 25 epochs), test 0.8771 after 50 retraining epochs; required >= 0.87.
 
-The tuned recipe searches wider networks with momentum SGD and a cosine schedule on a short
-per-trial budget, then retrains the winner longer. The search machinery, and this experiment's search
+The tuned recipe searches wider networks with momentum SGD, a cosine schedule and label smoothing 0.1
+on a short per-trial budget, then retrains the winner longer (goal: >= 0.900 test accuracy, the whole
+run <= 60 s on 2 CPU cores). The search machinery, and this experiment's search
 spaces, options and recipes, are in `dlclassics.training.mlp_search`: `fashion-mlp-enhanced` trains
 the same search as its baseline.
 
@@ -39,6 +40,11 @@ REFERENCES = [
     Reference("test_accuracy", 0.8771, "test accuracy after retraining", dataset="fashion-mnist", tolerance=0.005),
     Reference("test_accuracy", 0.87, "the assignment's requirement (>= 0.87)", rule="at_least",
               dataset="fashion-mnist"),
+    # Not the source's: the raised goal of the tuned recipe (issue 21), and its time on 2 CPU cores.
+    Reference("test_accuracy", "not reported", "test accuracy (goal: >= 0.900)", rule="at_least", target=0.900,
+              dataset="fashion-mnist"),
+    Reference("wall_time_s", "not reported", "whole run, s (goal on 2 CPU cores: <= 60)", rule="at_most",
+              target=60.0, dataset="fashion-mnist"),
 ]
 
 

@@ -10,7 +10,9 @@ configurations, the best retrained for 50 epochs on train+val. Reference: best v
 The report sets this run's test accuracy beside fashion-mlp's on the same data and split: from a
 finished fashion-mlp run (`--from-run`), or else fashion-mlp's recipe trained here first (the same
 numbers as `dlclassics run fashion-mlp` with the same seed). The tuned recipe searches wider networks
-with momentum SGD and a cosine schedule on a short per-trial budget (goal: test accuracy >= 0.895).
+with momentum SGD, a cosine schedule and label smoothing 0.1 on a short per-trial budget (raised goal:
+test accuracy >= 0.915; 2 x 512 units with BatchNorm, Dropout 0.2 and PReLU reach 0.910 on validation,
+and 1-pixel random translations leave that unchanged).
 The search machinery, and fashion-mlp's search the baseline repeats, are in `dlclassics.training.mlp_search`.
 
     dlclassics run fashion-mlp-enhanced                                     # tuned, baseline trained here
@@ -58,7 +60,7 @@ class Config(mlp_search.SearchConfig):
 
 
 RECIPES = {"seed": {"space": "seed", "trials": 15, "momentum": 0.0, "cosine": False, "epochs": 50,
-                    "baseline": "seed"},
+                    "label_smoothing": 0.0, "baseline": "seed"},
            "tuned": {}}
 QUICK = {"limit": 600, "trials": 2, "epochs": 2}
 SEARCHED = mlp_search.searched(Config)  # `--set lr=...` says how to fix or narrow lr instead
@@ -70,6 +72,9 @@ REFERENCES = [
     # Beating fashion-mlp = at least one more test image right (1e-4 of 10,000); the source was ahead by 0.0097.
     Reference("improvement", 0.0097, "test accuracy ahead of fashion-mlp (source 0.8868 vs 0.8771)",
               rule="at_least", target=1e-4),
+    # Not the source's: the raised goal of the tuned recipe (issue 21).
+    Reference("test_accuracy", "not reported", "test accuracy (goal: >= 0.915)", rule="at_least", target=0.915,
+              dataset="fashion-mnist"),
 ]
 
 

@@ -20,6 +20,7 @@ layer (pixel/255 first) is `PixelScaling(0.0, 1 / 255)`.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -42,6 +43,7 @@ from dlclassics.data.splits import holdout
 from dlclassics.data.transforms import images_4d, subsample
 from dlclassics.engine import (
     check_classifier_loss,
+    classification_step,
     cosine_schedule,
     evaluate_classifier,
     held_out,
@@ -50,6 +52,7 @@ from dlclassics.engine import (
 from dlclassics.errors import RunError, UsageError
 from dlclassics.files import load_tensor_file
 from dlclassics.models.cnn import small_cnn
+from dlclassics.models.flip_average import FlipAverage
 from dlclassics.models.mlp import mlp
 from dlclassics.runs import MODEL, FinishedRun, Run
 
@@ -101,6 +104,11 @@ class CnnConfig(SmallCnn, ClassifierTraining):
 
     val_fraction: float = option(0.1, "fraction of the training split held out for validation", low=0.0,
                                  high=0.5, low_open=True)
+    label_smoothing: float = option(0.0, "label smoothing of the cross-entropy", low=0.0, high=0.9)
+    flip: bool = option(False, "random horizontal flips in training, and the test scored on the mean logits of "
+                               "each image and its mirror (skipped on digits)")
+    translate: int = option(0, "random translations in training, by up to this many pixels each way", low=0,
+                            high=8)
 
 
 # The smoke-test size of mnist-classifier, and of the CNN `fgsm` trains.
@@ -129,12 +137,19 @@ def train_cnn(cfg: CnnConfig, run: Run, data: ImageData) -> TrainedClassifier:
     model = small_cnn(tuple(cfg.channels), cfg.hidden, len(data.classes), cfg.dropout, *shape).to(run.device)
     model = model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer("adam", model, cfg.lr)
+    flip = cfg.flip and data.mirror_symmetric
+    if cfg.flip and not flip:
+        run.note(f"flip: no random flips on {data.name} (a mirrored image is not one of its class)")
+    step = functools.partial(classification_step, label_smoothing=cfg.label_smoothing, flip=flip,
+                             shift=cfg.translate)
+    validate = held_out(val_x, val_y, "val", 1024)
+    scored = FlipAverage(model) if flip else model  # what validation and test score
     with run.timer("train_time_s"):
-        result = run.fit(model, (train_x, train_y), optimizer=optimizer,
+        result = run.fit(model, (train_x, train_y), optimizer=optimizer, step=step,
                          scheduler=cosine_schedule(optimizer, cfg.epochs, cfg.cosine), epochs=cfg.epochs,
-                         batch_size=cfg.batch_size, evaluate=held_out(val_x, val_y, "val", 1024))
+                         batch_size=cfg.batch_size, evaluate=lambda _, epoch: validate(scored, epoch))
     check_classifier_loss(result.history[-1]["train_loss"], len(data.classes))
-    return TrainedClassifier(model, result.history, evaluate_classifier(model, test_x, test_y, batch_size=1024))
+    return TrainedClassifier(model, result.history, evaluate_classifier(scored, test_x, test_y, batch_size=1024))
 
 
 # ---------------------------------------------------------------- a finished classifier run, rebuilt

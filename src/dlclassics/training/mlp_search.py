@@ -17,6 +17,7 @@ space and where the data is), each loading the data once.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -41,6 +42,7 @@ from dlclassics.data.images import ImageData, image_datasets, load_images
 from dlclassics.data.transforms import flat_float, subsample
 from dlclassics.engine import (
     FitResult,
+    classification_step,
     cosine_schedule,
     evaluate_classifier,
     fit,
@@ -59,7 +61,7 @@ SearchSpace = dict[str, tuple]
 # The fields that say which examples a search sees: two searches agreeing on these use the same data and split.
 DATA_FIELDS = ("seed", "device", "quick", "dataset", "val_fraction", "split_seed", "limit")
 # The fields a trial's value depends on besides its parameters: what a worker process needs to train it.
-TRIAL_FIELDS = (*DATA_FIELDS, "momentum", "cosine")
+TRIAL_FIELDS = (*DATA_FIELDS, "momentum", "cosine", "label_smoothing")
 
 
 # What a narrowed search dimension may take (`--set narrow=units=128/256`), as option ranges: a width of 0,
@@ -85,6 +87,9 @@ class SearchConfig(BaseConfig):
     sampler: str = option("random", "random search or TPE", choices=("random", "tpe"))
     momentum: float = option(0.9, "SGD momentum (Nesterov when > 0); the source used plain SGD", low=0.0, high=0.999)
     cosine: bool = option(True, "cosine learning-rate decay within each training")
+    # +0.5 points of validation accuracy for the ReLU MLP (0.8978 -> 0.9029, 2 x 128 units, 20 epochs).
+    label_smoothing: float = option(0.1, "label smoothing of the cross-entropy in every training (the source: 0)",
+                                    low=0.0, high=0.9)
     epochs: int = epochs_option(25, "epochs of the retraining on train+val")
     val_fraction: float = option(0.2, "share of the training set held out for selection", low=0.05, high=0.5)
     split_seed: int = option(541, "seed of the train/validation split (541 = the source's)", low=0)
@@ -150,7 +155,8 @@ class FashionMlpConfig(SearchConfig):
     epochs: int = epochs_option(20, "epochs of the retraining on train+val")
 
 
-FASHION_MLP_RECIPES = {"seed": {"space": "seed", "trials": 10, "momentum": 0.0, "cosine": False, "epochs": 50},
+FASHION_MLP_RECIPES = {"seed": {"space": "seed", "trials": 10, "momentum": 0.0, "cosine": False, "epochs": 50,
+                                "label_smoothing": 0.0},
                        "tuned": {}}
 FASHION_MLP_QUICK = {"limit": 600, "trials": 2, "epochs": 2}
 
@@ -192,8 +198,9 @@ def train(cfg: SearchConfig, params: dict[str, Any], x: torch.Tensor, y: torch.T
     model = build_model(params).to(x.device)
     optimizer = make_optimizer("sgd", model, params["lr"], params["l2"], cfg.momentum)
     scheduler = cosine_schedule(optimizer, params["epochs"], cfg.cosine)
+    step = functools.partial(classification_step, label_smoothing=cfg.label_smoothing)
     result = fit_with(model, (x, y), optimizer=optimizer, scheduler=scheduler, epochs=params["epochs"],
-                      batch_size=params["batch_size"], generator=generator, **fit_options)
+                      batch_size=params["batch_size"], generator=generator, step=step, **fit_options)
     return model, result
 
 
