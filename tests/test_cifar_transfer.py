@@ -159,7 +159,8 @@ def test_the_transfer_study_on_our_own_backbone_run(image_data_dir, tmp_path):
     metrics = json.loads((folder / "metrics.json").read_text())
     for mode in cifar_transfer.MODES:
         assert 0.0 <= metrics[f"{mode}_accuracy_20"] <= 1.0 and f"{mode}_test_accuracy" in metrics
-    assert metrics["frozen_trainable_parameters"] == 128 * 10 + 10  # the CNN's hidden layer -> 10 classes
+    hidden = json.loads((producer / "config.json").read_text())["config"]["hidden"]
+    assert metrics["frozen_trainable_parameters"] == hidden * 10 + 10  # the CNN's hidden layer -> 10 classes
     summary = (folder / "figures" / "accuracy_vs_labels.csv").read_text().splitlines()
     assert summary[0].startswith("mode,labels,repeats,mean_accuracy") and len(summary) == 1 + 3 * 2
     assert (folder / "figures" / "accuracy_vs_labels.png").is_file()
