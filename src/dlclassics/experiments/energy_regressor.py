@@ -70,7 +70,7 @@ from dlclassics.training.energy import (
     train_energy_regressor,
 )
 
-TITLE = "Energy regressor: S0's MLP, the MSE and R^2 of its energies (S0 Task 0)"
+TITLE = "Energy regressor: S0's MLP or a smaller tuned one, the MSE and R^2 of its energies (S0 Task 0)"
 
 # What a run writes for `mcmc-sampling --from-run` (a run on generated data writes all of them) is named
 # in `runs.products`: ENERGY_WEIGHTS, EXACT_ENERGY, ENERGY_TEST_DATA and the metrics PIXEL_STATS.
