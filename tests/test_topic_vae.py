@@ -22,6 +22,7 @@ from dlclassics.cli import main
 from dlclassics.data import registry
 from dlclassics.experiments import topic_vae
 from dlclassics.methods import topics
+from dlclassics.models.stacked import StackedBatchNorm
 from dlclassics.runs import Run
 
 VOCABULARY = {"a": 0, "b": 1, "c": 2, "d": 3}
@@ -140,9 +141,9 @@ def test_log_softmax_stays_finite_where_log_of_softmax_is_nan():
     assert not torch.isfinite((x * torch.log(F.softmax(logits, dim=-1))).sum(-1)).all()
 
 
-def test_seed_batch_norm_is_batch_norm_per_seed():
+def test_stacked_batch_norm_is_batch_norm_per_copy():
     x = torch.randn(3, 16, 5) * torch.tensor([1.0, 4.0, 0.5])[:, None, None] + 2.0
-    norm = topic_vae.SeedBatchNorm(3, 5)
+    norm = StackedBatchNorm(3, 5)
     out = norm(x)
     for seed in range(3):
         reference = torch.nn.BatchNorm1d(5, affine=False)
@@ -203,7 +204,7 @@ def test_seed_recipe_is_the_source_model():
     assert (seed.steps, seed.epochs, seed.patience) == (0, 200, 10)  # a budget in epochs, stopped by patience
     model = topic_vae.TopicVAE(50, seed.hidden, seed.topics, seed.activation, seed.batch_norm, seed.dropout)
     assert model.B.weight.shape == (1, 81, 50) and model.B.bias is None
-    assert not any(isinstance(m, topic_vae.SeedBatchNorm) for m in model.modules())
+    assert not any(isinstance(m, StackedBatchNorm) for m in model.modules())
 
 
 # ---------------------------------------------------------------- runs

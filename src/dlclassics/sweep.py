@@ -44,6 +44,7 @@ HEARTBEAT_SECONDS = int(os.environ.get("DLCLASSICS_SWEEP_HEARTBEAT", "10"))
 GRACE_SECONDS = int(os.environ.get("DLCLASSICS_SWEEP_GRACE", "30"))
 STOP_SECONDS = 30  # how long stopped workers get to leave their trials in order before they are killed
 INDEX = "index"  # trial user attribute: the slot the trial fills
+GROUP = "group"  # trial user attribute: trials of one group can train together (see BatchedObjective)
 SURPLUS = "surplus"  # trial user attribute: taken when no slot was left, pruned before doing any work
 ERROR = "error"  # trial user attribute: the RunError that failed it
 SIGNATURE = "signature"  # study user attribute: what the trials' values depend on
@@ -89,6 +90,29 @@ class StudyPlace:
     def describe(self) -> str:
         where = masked_url(self.storage_url) if self.storage_url else f"{self.folder / 'study.journal'}"
         return f"study '{self.name}' in {where}"
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchedObjective:
+    """An objective whose trials can train together: those of one `group` (their architecture, say), up to
+    `size` at a time, as one stacked network that fills a device one trial alone leaves idle.
+
+    `suggest(trial)` gives a trial's parameters; `group(params)` a string naming what trials must share to
+    train together (None: this one trains alone); `train(batch)` trains a batch of (trial, parameters) and
+    returns each trial's value, or the RunError that failed it. Called with one trial it is a plain
+    objective, which is how a search on a shared database (whose trials send heartbeats) runs it.
+    """
+
+    suggest: Callable[[optuna.trial.Trial], dict[str, Any]]
+    group: Callable[[dict[str, Any]], str | None]
+    train: Callable[[list[tuple[optuna.trial.Trial, dict[str, Any]]]], list[float | RunError]]
+    size: int
+
+    def __call__(self, trial: optuna.trial.Trial) -> float:
+        outcome = self.train([(trial, self.suggest(trial))])[0]
+        if isinstance(outcome, RunError):
+            raise outcome
+        return outcome
 
 
 @dataclasses.dataclass(frozen=True)
@@ -228,9 +252,12 @@ def _slot_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     return [t for t in study.get_trials(deepcopy=False) if INDEX in t.user_attrs]
 
 
-def _queue_slots(study: optuna.Study, search: Search) -> list[int]:
+def _queue_slots(study: optuna.Study, search: Search,
+                 group: Callable[[dict[str, Any]], str | None] | None = None) -> list[int]:
     """Queue each slot 0..n-1 that no trial holds: again with the parameters of its unfinished try,
     or new (a distinct grid point in a new random search, else whatever the sampler draws).
+    With `group` (a BatchedObjective's), slots whose parameters are known are labelled with their group
+    and queued group by group, so that trials of one group are taken one after another.
     Returns the slots queued again; they run after the slots that were waiting already."""
     trials = _slot_trials(study)
     held = {trial_index(t) for t in trials if _holds_slot(t)}
@@ -238,10 +265,16 @@ def _queue_slots(study: optuna.Study, search: Search) -> list[int]:
     points = []
     if not trials and search.grid is not None and search.sampler == "random":
         points = distinct_points(search.grid, search.n_trials, search.seed)
+    slots = []
     for index in range(search.n_trials):
         if index not in held:
             params = tried.get(index, points[index] if index < len(points) else {})
-            study.enqueue_trial(params, user_attrs={INDEX: index})
+            label = group(params) if group is not None and params else None
+            slots.append((label or "", index, params, {INDEX: index} if label is None else {INDEX: index, GROUP: label}))
+    if group is not None:
+        slots.sort(key=lambda slot: slot[:2])
+    for _, _, params, attributes in slots:
+        study.enqueue_trial(params, user_attrs=attributes)
     return sorted(set(tried) - held)
 
 
@@ -328,17 +361,79 @@ def run_trials(study: optuna.Study, objective: Objective, *, heartbeats: bool = 
     """
     guarded = _guarded(objective, study)
     callbacks = [] if quiet else [_trial_line(metric)]
+    batched = isinstance(objective, BatchedObjective) and objective.size > 1 and not heartbeats
     while stop is None or not stop.is_raised():
         with _storage_guard(study):
             if heartbeats:
                 _fail_orphans(study, heartbeats)
             states = {t.state for t in _slot_trials(study)}
-            if STATES.WAITING in states:
+            if STATES.WAITING in states and batched:
+                _run_batch(study, objective, callbacks)
+            elif STATES.WAITING in states:
                 study.optimize(guarded, n_trials=1, catch=(RunError,), callbacks=callbacks)
             elif STATES.RUNNING in states and heartbeats:
                 time.sleep(HEARTBEAT_SECONDS)
             else:
                 return
+
+
+def _next_group(study: optuna.Study, size: int) -> int:
+    """How many waiting trials, from the next one on, share its group (at most `size`; 1 without a group)."""
+    waiting = sorted(study.get_trials(deepcopy=False, states=(STATES.WAITING,)), key=lambda t: t.number)
+    label = waiting[0].user_attrs.get(GROUP) if waiting else None
+    if label is None:
+        return 1
+    count = 0
+    for trial in waiting[:size]:
+        if trial.user_attrs.get(GROUP) != label:
+            break
+        count += 1
+    return count
+
+
+def _by_group(taken: list[tuple[optuna.trial.Trial, dict[str, Any]]],
+              group: Callable[[dict[str, Any]], str | None]) -> list[list[tuple[optuna.trial.Trial, dict[str, Any]]]]:
+    """The trials taken, as batches that train together: one per group, and one per trial without a group."""
+    batches: dict[Any, list[tuple[optuna.trial.Trial, dict[str, Any]]]] = {}
+    for trial, params in taken:
+        label = group(params)
+        batches.setdefault(label if label is not None else ("alone", trial.number), []).append((trial, params))
+    return list(batches.values())
+
+
+def _run_batch(study: optuna.Study, objective: BatchedObjective,
+               callbacks: list[Callable[[optuna.Study, optuna.trial.FrozenTrial], None]]) -> None:
+    """Take the next waiting trials of one group, train them together, and record each one's outcome.
+
+    Another process may take some of them first: a trial taken here then belongs to another group, and
+    trains in a batch of its own. An interruption (or an error that is not a trial's own) fails the
+    trials taken here without an error attribute, so a resumed search queues their slots again.
+    """
+    taken: list[tuple[optuna.trial.Trial, dict[str, Any]]] = []
+    told: set[int] = set()
+    try:
+        for _ in range(_next_group(study, objective.size)):
+            trial = study.ask()
+            if _beaten(study, trial):
+                trial.set_user_attr(SURPLUS, True)
+                study.tell(trial, state=STATES.PRUNED)
+                break
+            taken.append((trial, objective.suggest(trial)))
+        for batch in _by_group(taken, objective.group):
+            for (trial, _), outcome in zip(batch, objective.train(batch), strict=True):
+                if isinstance(outcome, RunError):
+                    trial.set_user_attr(ERROR, str(outcome))
+                    frozen = study.tell(trial, state=STATES.FAIL)
+                else:
+                    frozen = study.tell(trial, outcome)
+                told.add(trial.number)
+                for callback in callbacks:
+                    callback(study, frozen)
+    except BaseException:
+        for trial, _ in taken:
+            if trial.number not in told:
+                study.tell(trial, state=STATES.FAIL)
+        raise
 
 
 @contextlib.contextmanager
@@ -469,7 +564,8 @@ def optimize(objective: Objective, search: Search, place: StudyPlace, *, workers
     # depends on how many trials exist already and on the worker's rank.
     seed = search.seed + 100_003 * len(study.get_trials(deepcopy=False))
     _fail_orphans(study, place.heartbeats)
-    again = _queue_slots(study, search)
+    group = objective.group if isinstance(objective, BatchedObjective) and objective.size > 1 else None
+    again = _queue_slots(study, search, group)
     if not quiet:
         _say_resuming(study, search.n_trials, again)
     if workers > 1:
@@ -480,7 +576,7 @@ def optimize(objective: Objective, search: Search, place: StudyPlace, *, workers
                   file=sys.stderr, flush=True)
         with _storage_guard(study):
             _fail_orphans(study, place.heartbeats)
-            _queue_slots(study, search)
+            _queue_slots(study, search, group)
         seed += workers
     study.sampler = make_sampler(search.sampler, seed)
     # A trial a dead worker left is run here on a worker's thread count, so it scores as it would have there.
@@ -539,7 +635,7 @@ def trial_seconds(trial: optuna.trial.FrozenTrial) -> float:
 
 def measured_attributes(trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
     """What the objective recorded on a trial (a validation loss), without the search's own bookkeeping."""
-    return {key: value for key, value in trial.user_attrs.items() if key not in (INDEX, SURPLUS, ERROR)}
+    return {key: value for key, value in trial.user_attrs.items() if key not in (INDEX, SURPLUS, ERROR, GROUP)}
 
 
 def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:

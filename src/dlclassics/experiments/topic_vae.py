@@ -69,6 +69,7 @@ from dlclassics.engine import make_optimizer
 from dlclassics.errors import RunError
 from dlclassics.methods import topics
 from dlclassics.methods.pca import PCA
+from dlclassics.models.stacked import StackedBatchNorm, StackedLinear
 from dlclassics.runs import Reference, Run, markdown_table
 
 TITLE = "Neural topic model (ProdLDA-style VAE) beside LDA: NPMI, recovery of known topics (S2)"
@@ -234,47 +235,7 @@ def dense_rows(counts: sparse.csr_matrix, rows: torch.Tensor, device: torch.devi
     return torch.from_numpy(counts[rows.cpu().numpy()].toarray()).to(device)
 
 
-# ---------------------------------------------------------------- the model: S seeds trained as one
-
-class SeedLinear(nn.Module):
-    """S independent linear layers applied in one batched product: x [S, B, in] -> [S, B, out].
-    Initialised as `nn.Linear` (uniform in +-1/sqrt(in)), each seed with its own draw."""
-
-    def __init__(self, seeds: int, inputs: int, outputs: int, bias: bool = True) -> None:
-        super().__init__()
-        bound = inputs ** -0.5
-        self.weight = nn.Parameter(torch.empty(seeds, inputs, outputs).uniform_(-bound, bound))
-        self.bias = nn.Parameter(torch.empty(seeds, 1, outputs).uniform_(-bound, bound)) if bias else None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.bmm(x, self.weight) if self.bias is None else torch.baddbmm(self.bias, x, self.weight)
-
-
-class SeedBatchNorm(nn.Module):
-    """Batch norm over the batch dimension of [S, B, F], each seed with its own statistics (running
-    averages as `nn.BatchNorm1d`: momentum 0.1, unbiased running variance), without a scale, and with a
-    learned shift when `shift` (AVITM's batch norm of the decoder's logits: a background word frequency)."""
-
-    def __init__(self, seeds: int, features: int, shift: bool = False, momentum: float = 0.1,
-                 eps: float = 1e-5) -> None:
-        super().__init__()
-        self.momentum, self.eps = momentum, eps
-        self.shift = nn.Parameter(torch.zeros(seeds, 1, features)) if shift else None
-        self.register_buffer("running_mean", torch.zeros(seeds, 1, features))
-        self.register_buffer("running_var", torch.ones(seeds, 1, features))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.training:
-            mean, var = x.mean(1, keepdim=True), x.var(1, unbiased=False, keepdim=True)
-            with torch.no_grad():
-                n = x.shape[1]
-                self.running_mean.lerp_(mean, self.momentum)
-                self.running_var.lerp_(var * n / max(n - 1, 1), self.momentum)
-        else:
-            mean, var = self.running_mean, self.running_var
-        normalised = (x - mean) / torch.sqrt(var + self.eps)
-        return normalised if self.shift is None else normalised + self.shift
-
+# ---------------------------------------------------------------- the model: S seeds trained as one (models.stacked)
 
 class TopicVAE(nn.Module):
     """S independent topic models at once (seed s = index s of the leading dimension of every tensor).
@@ -287,16 +248,17 @@ class TopicVAE(nn.Module):
                  batch_norm: bool = False, dropout: float = 0.0, seeds: int = 1, background: bool = False) -> None:
         super().__init__()
         act = {"relu": nn.ReLU, "softplus": nn.Softplus}[activation]
-        self.encoder = nn.Sequential(SeedLinear(seeds, vocabulary, hidden), act(), SeedLinear(seeds, hidden, hidden),
+        self.encoder = nn.Sequential(StackedLinear(seeds, vocabulary, hidden), act(),
+                                     StackedLinear(seeds, hidden, hidden),
                                      act(), nn.Dropout(dropout))
-        self.mu, self.log_sigma = SeedLinear(seeds, hidden, n_topics), SeedLinear(seeds, hidden, n_topics)
-        norm = (lambda size: SeedBatchNorm(seeds, size)) if batch_norm else (lambda size: nn.Identity())
+        self.mu, self.log_sigma = StackedLinear(seeds, hidden, n_topics), StackedLinear(seeds, hidden, n_topics)
+        norm = (lambda size: StackedBatchNorm(seeds, size)) if batch_norm else (lambda size: nn.Identity())
         self.mu_norm, self.log_sigma_norm = norm(n_topics), norm(n_topics)
-        self.logit_norm = SeedBatchNorm(seeds, vocabulary, background) if batch_norm else nn.Identity()
+        self.logit_norm = StackedBatchNorm(seeds, vocabulary, shift=background) if batch_norm else nn.Identity()
         # ProdLDA normalises the log-variance: log sigma = BN(.) / 2. Without batch norm the head is log sigma.
         self.log_sigma_scale = 0.5 if batch_norm else 1.0
         self.theta_dropout = nn.Dropout(dropout)
-        self.B = SeedLinear(seeds, n_topics, vocabulary, bias=False)
+        self.B = StackedLinear(seeds, n_topics, vocabulary, bias=False)
 
     @property
     def seeds(self) -> int:

@@ -51,17 +51,23 @@ from dlclassics.engine import (
     make_optimizer,
     seed_everything,
 )
-from dlclassics.errors import UsageError
+from dlclassics.errors import RunError, UsageError
 from dlclassics.files import atomic_torch_save, atomic_write_csv
+from dlclassics.models import stacked
 from dlclassics.models.mlp import mlp
 from dlclassics.runs import Run, markdown_table
 from dlclassics.training.search import search_on_run
+from dlclassics.training.stacked import CopySGD, fit_copies
 
 SearchSpace = dict[str, tuple]
 # The fields that say which examples a search sees: two searches agreeing on these use the same data and split.
 DATA_FIELDS = ("seed", "device", "quick", "dataset", "val_fraction", "split_seed", "limit")
 # The fields a trial's value depends on besides its parameters: what a worker process needs to train it.
-TRIAL_FIELDS = (*DATA_FIELDS, "momentum", "cosine", "label_smoothing")
+TRIAL_FIELDS = (*DATA_FIELDS, "momentum", "cosine", "label_smoothing", "stack_trials")
+# Trials trained at once on a GPU by default (`stack_trials` 0): a guess, not yet measured on a GPU. On the
+# CPU one at a time: a 2 x 256 MLP step is compute-bound there, and stacking it measured no faster
+# (`benchmarks/bench_trials.py`).
+GPU_STACK = 16
 
 
 # What a narrowed search dimension may take (`--set narrow=units=128/256`), as option ranges: a width of 0,
@@ -90,6 +96,8 @@ class SearchConfig(BaseConfig):
     # +0.5 points of validation accuracy for the ReLU MLP (0.8978 -> 0.9029, 2 x 128 units, 20 epochs).
     label_smoothing: float = option(0.1, "label smoothing of the cross-entropy in every training (the source: 0)",
                                     low=0.0, high=0.9)
+    stack_trials: int = option(0, "trials that differ only in lr and L2 trained at once as one stacked network, "
+                                  f"at most this many (0 = auto: {GPU_STACK} on a GPU, 1 on the CPU)", low=0)
     epochs: int = epochs_option(25, "epochs of the retraining on train+val")
     val_fraction: float = option(0.2, "share of the training set held out for selection", low=0.05, high=0.5)
     split_seed: int = option(541, "seed of the train/validation split (541 = the source's)", low=0)
@@ -204,20 +212,69 @@ def train(cfg: SearchConfig, params: dict[str, Any], x: torch.Tensor, y: torch.T
     return model, result
 
 
-def objective(cfg: SearchConfig, space: SearchSpace, data: dict[str, torch.Tensor]) -> sweep.Objective:
-    """The search objective: take a configuration of `space`, train on train, return validation accuracy."""
-    def run_trial(trial: optuna.trial.Trial) -> float:
-        params = {name: trial.suggest_categorical(name, list(choices)) for name, choices in space.items()}
-        if cfg.quick:
-            params["epochs"] = 1
-        # Each trial has its own seed, as the source's `seed + loopcount`, whichever worker runs it.
-        model, _ = train(cfg, params, data["train_x"], data["train_y"], cfg.seed + sweep.trial_index(trial),
-                         quiet=True)
-        result = evaluate_classifier(model, data["val_x"], data["val_y"])
-        trial.set_user_attr("val_loss", round(result["loss"], 5))
-        return result["accuracy"]
+def train_stacked(cfg: SearchConfig, configurations: list[dict[str, Any]], x: torch.Tensor, y: torch.Tensor,
+                  seeds: list[int]) -> tuple[list[nn.Sequential], list[str | None]]:
+    """Train configurations that differ only in `lr` and `l2` at once, as one stacked network (see
+    `training.stacked`): each starts from the network and shuffling its seed gives it in `train`, and
+    ends where `train` would, up to float rounding. Returns the trained networks and, per network, None
+    or why its training diverged."""
+    networks, generators = [], []
+    for params, seed in zip(configurations, seeds, strict=True):
+        generators.append(seed_everything(seed))
+        networks.append(build_model(params).to(x.device))
+    model = stacked.stack(networks)
+    optimizer = CopySGD(model, [p["lr"] for p in configurations], [p["l2"] for p in configurations],
+                        cfg.momentum, nesterov=True)
+    first = configurations[0]
+    diverged = fit_copies(model, x, y, optimizer=optimizer, epochs=first["epochs"], batch_size=first["batch_size"],
+                          generators=generators, label_smoothing=cfg.label_smoothing, cosine=cfg.cosine)
+    return [stacked.unstack(model, k, network) for k, network in enumerate(networks)], diverged
 
-    return run_trial
+
+def trials_at_once(cfg: SearchConfig, device: torch.device) -> int:
+    """How many trials of one group train together: `stack_trials`, or by default GPU_STACK on a GPU."""
+    return cfg.stack_trials or (1 if device.type == "cpu" else GPU_STACK)
+
+
+def trial_group(params: dict[str, Any]) -> str:
+    """What trials must share to train as one stacked network: everything but the learning rate and L2."""
+    return ",".join(f"{name}={value}" for name, value in sorted(params.items()) if name not in ("lr", "l2"))
+
+
+def objective(cfg: SearchConfig, space: SearchSpace, data: dict[str, torch.Tensor]) -> sweep.BatchedObjective:
+    """The search objective: take configurations of `space`, train on train, return validation accuracies;
+    configurations that differ only in lr and L2 train together (`trials_at_once`)."""
+    size = trials_at_once(cfg, data["x"].device)
+
+    def suggest(trial: optuna.trial.Trial) -> dict[str, Any]:
+        params = {name: trial.suggest_categorical(name, list(choices)) for name, choices in space.items()}
+        return {**params, "epochs": 1} if cfg.quick else params
+
+    def train_trials(batch: list[tuple[optuna.trial.Trial, dict[str, Any]]]) -> list[float | RunError]:
+        # Each trial has its own seed, as the source's `seed + loopcount`, whichever worker runs it.
+        seeds = [cfg.seed + sweep.trial_index(trial) for trial, _ in batch]
+        configurations = [params for _, params in batch]
+        if size == 1:
+            try:
+                models, diverged = [train(cfg, configurations[0], data["train_x"], data["train_y"], seeds[0],
+                                          quiet=True)[0]], [None]
+            except RunError as exc:
+                return [exc]
+        else:
+            models, diverged = train_stacked(cfg, configurations, data["train_x"], data["train_y"], seeds)
+        outcomes: list[float | RunError] = []
+        for (trial, _), model, reason in zip(batch, models, diverged, strict=True):
+            if reason is not None:
+                outcomes.append(RunError(reason))
+                continue
+            result = evaluate_classifier(model, data["val_x"], data["val_y"])
+            trial.set_user_attr("val_loss", round(result["loss"], 5))
+            if size > 1:
+                trial.set_user_attr("trained_at_once", len(batch))
+            outcomes.append(result["accuracy"])
+        return outcomes
+
+    return sweep.BatchedObjective(suggest, trial_group, train_trials, size)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -232,7 +289,7 @@ class TrialSetup:
     unverified: bool
 
 
-def worker_objective(setup: TrialSetup) -> sweep.Objective:
+def worker_objective(setup: TrialSetup) -> sweep.BatchedObjective:
     """The objective of a sweep worker process, on the data it loads once."""
     cfg = SearchConfig(**setup.config)
     images = load_images(cfg.dataset, setup.data_dir, setup.carve_test, setup.unverified)
