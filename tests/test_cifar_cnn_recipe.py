@@ -44,6 +44,35 @@ def test_batch_norm_statistics_are_averaged_and_its_step_count_copied():
     assert average_norm.num_batches_tracked.item() == 3
 
 
+def test_recomputed_batch_norm_statistics_are_those_of_the_averaged_weights():
+    """After a few steps the lerped statistics are not the averaged weights' own; recomputed over batches of 8
+    they are the mean of the batch means and variances of the average's pre-norm activations, measured with
+    dropout off. The modes and the momentum are restored, and the trained model's statistics left alone."""
+    torch.manual_seed(0)
+    averaged = WeightAverage(nn.Sequential(nn.Linear(3, 4), nn.Dropout(0.5), nn.BatchNorm1d(4), nn.ReLU(),
+                                           nn.Linear(4, 2)), decay=0.5)
+    optimizer = sgd(averaged, lr=0.5, momentum=0.9, nesterov=False, weight_decay=0.0)
+    averaged.follow(optimizer)
+    inputs, targets = torch.randn(32, 3) * 3 + 1, torch.randint(0, 2, (32,))
+    for _ in range(5):
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(averaged(inputs), targets).backward()
+        optimizer.step()
+    norm, trained_norm = averaged.average[2], averaged.model[2]
+    with torch.no_grad():
+        pre_norm = averaged.average[0](inputs).split(8)
+    batch_means = torch.stack([batch.mean(0) for batch in pre_norm]).mean(0)
+    batch_variances = torch.stack([batch.var(0) for batch in pre_norm]).mean(0)
+    assert not torch.allclose(norm.running_mean, batch_means, atol=1e-3)
+    trained_statistics = trained_norm.running_mean.clone()
+
+    averaged.recompute_batch_norm(inputs, batch_size=8)
+    assert torch.allclose(norm.running_mean, batch_means, atol=1e-5)
+    assert torch.allclose(norm.running_var, batch_variances, atol=1e-5)
+    assert norm.momentum == 0.1 and all(module.training for module in averaged.modules())
+    assert torch.equal(trained_norm.running_mean, trained_statistics)
+
+
 def test_training_runs_the_model_and_evaluation_the_average_and_only_the_model_trains():
     torch.manual_seed(0)
     averaged = WeightAverage(nn.Linear(3, 2), decay=0.9)
@@ -65,8 +94,8 @@ def test_training_runs_the_model_and_evaluation_the_average_and_only_the_model_t
 
 def test_a_resumed_fit_averages_as_the_uninterrupted_one(tmp_path):
     """The average and its update count are in the model's state dict, which `fit` checkpoints: stopped
-    during epoch 3 of 4 and resumed from the checkpoint, the averaged weights are those of a fit straight
-    through, to the last bit."""
+    during epoch 3 of 4 and resumed from the checkpoint, the averaged weights and the batch-norm statistics
+    recomputed at each epoch's end are those of a fit straight through, to the last bit."""
     data = [torch.randn(24, 3), torch.randint(0, 2, (24,))]
 
     def train(checkpoint, stop_at: int | None = None) -> WeightAverage:
@@ -75,12 +104,16 @@ def test_a_resumed_fit_averages_as_the_uninterrupted_one(tmp_path):
         optimizer = sgd(averaged, lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-3)
         averaged.follow(optimizer)
 
+        def recompute(model: WeightAverage, epoch: int) -> dict:
+            model.recompute_batch_norm(data[0], batch_size=8)
+            return {}
+
         def stop(model: nn.Module, epoch: int, row: dict) -> None:
             if epoch == stop_at:
                 raise KeyboardInterrupt
 
         fit(averaged, data, optimizer=optimizer, epochs=4, batch_size=8, generator=torch.Generator().manual_seed(1),
-            on_epoch_end=stop, checkpoint=checkpoint, resume=True, quiet=True)
+            evaluate=recompute, on_epoch_end=stop, checkpoint=checkpoint, resume=True, quiet=True)
         return averaged
 
     straight = train(tmp_path / "straight.pt")

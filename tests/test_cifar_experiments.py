@@ -57,6 +57,17 @@ def test_quick_on_the_fashion_mnist_stand_in(data_dir, tmp_path, experiment):
     assert all(row["verdict"] in ("met", "not met") for row in rows if row["what"] in goals)
 
 
+@pytest.mark.parametrize(("experiment", "options", "turned_off"), [
+    ("cifar-lenet-search", ("--set", "trials=1"), "flip"), ("cifar-cnn", (), "flip, tta")])
+def test_digits_standing_in_are_never_mirrored(data_dir, tmp_path, experiment, options, turned_off):
+    """A mirrored digit is no digit: on MNIST the tuned recipes' random flips and mirror averages are
+    skipped, and the report says so."""
+    folder = run_quick(experiment, data_dir, tmp_path / "runs", "--dataset", "mnist", *options)
+    assert f"{turned_off}: no mirrored images on mnist" in (folder / "report.md").read_text()
+    folder = run_quick(experiment, data_dir, tmp_path / "fashion", "--dataset", "fashion-mnist", *options)
+    assert "no mirrored images" not in (folder / "report.md").read_text()
+
+
 def test_python_layout_runs_the_same_experiment(image_data_dir, tmp_path, monkeypatch):
     root = write_layouts(image_data_dir, per_batch=60)  # both layouts: the binary one is read ...
     use_spec(monkeypatch, generated_spec(root))

@@ -246,6 +246,9 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 
 # ---------------------------------------------------------------- weight averaging
 
+BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
 class WeightAverage(nn.Module):
     """A model and an exponential moving average of its weights, which evaluation uses.
 
@@ -255,9 +258,13 @@ class WeightAverage(nn.Module):
     and the batch-norm running statistics alike, so the statistics come from the same span of training as
     the weights they normalise -- towards the model's by a weight max(1 - decay, 1 / updates): the plain
     mean of all updates so far until that many updates make the decay take over (an early average is
-    not dominated by the initial weights). Integer buffers (batch norm's step counts) are copied. While the
-    weights still move fast (the first epoch of a warm-up) the averaged statistics can miss the averaged
-    weights' activations and the average score at chance; recomputing them from data would fix that.
+    not dominated by the initial weights). Integer buffers (batch norm's step counts) are copied.
+
+    Averaged statistics are only a stand-in for the averaged weights' own (what evaluation uses when
+    nothing recomputes them): while the weights still move fast (the first epoch of a warm-up) they miss
+    the activations of the averaged weights, and the average scores at chance. So before evaluating a
+    model with batch norms, `recompute_batch_norm` measures the average's statistics on some training
+    inputs, as SWA does (`update_bn`).
 
     The average is a submodule and the update count its extra state, so both are in `state_dict()`:
     `fit`'s checkpoint keeps them and a resumed run averages as an uninterrupted one. The average's
@@ -290,6 +297,35 @@ class WeightAverage(nn.Module):
     def follow(self, optimizer: torch.optim.Optimizer) -> Any:
         """Update after every step of `optimizer` (a step post-hook); returns the hook's removable handle."""
         return optimizer.register_step_post_hook(lambda *_: self.update())
+
+    @torch.no_grad()
+    def recompute_batch_norm(self, inputs: torch.Tensor, batch_size: int) -> None:
+        """Set the average's batch-norm running statistics to those of its own activations on `inputs`.
+
+        Each batch norm forgets its statistics and, in training mode with momentum None, keeps the
+        cumulative mean of the batch means and variances over the batches of `batch_size`. Every other
+        module stays in eval mode, so dropout draws nothing and the same inputs give the same numbers
+        (a resumed run evaluates as an uninterrupted one). Nothing to do without batch norms.
+        """
+        norms = [module for module in self.average.modules()
+                 if isinstance(module, BATCH_NORMS) and module.track_running_stats]
+        if not norms:
+            return
+        modes = [(module, module.training) for module in self.average.modules()]
+        momenta = [norm.momentum for norm in norms]
+        self.average.eval()
+        try:
+            for norm in norms:
+                norm.reset_running_stats()
+                norm.momentum = None
+                norm.train()
+            for batch in inputs.split(batch_size):
+                self.average(batch)
+        finally:
+            for norm, momentum in zip(norms, momenta):
+                norm.momentum = momentum
+            for module, training in modes:
+                module.training = training
 
     def get_extra_state(self) -> dict[str, int]:
         return {"updates": self.updates}

@@ -68,6 +68,7 @@ from dlclassics.files import atomic_torch_save, atomic_write_csv
 from dlclassics.models.flip_average import FlipAverage
 from dlclassics.models.pixels import Pixels, channel_stats
 from dlclassics.runs import Reference, Run, markdown_table
+from dlclassics.training.classifiers import without_mirrors
 from dlclassics.training.search import search_on_run
 
 TITLE = "LeNet-style CNN on CIFAR-10: random search over its widths (S2 CIFAR-10 d)"
@@ -288,6 +289,7 @@ class Trials:
 
 def run(cfg: Config, run: Run) -> dict[str, Any]:
     data = run.load_images(cfg.dataset, cifar.load)  # checks the data (and notes it) before any worker starts
+    cfg = without_mirrors(cfg, data, run, flip=False)  # no mirrored digits
     trials = Trials(run.dir / "trials")
     payload = {"config": dataclasses.asdict(cfg), "device": str(run.device),  # resolved once, by the session
                "data_dir": str(run.data_dir) if run.data_dir else None,

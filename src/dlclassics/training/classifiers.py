@@ -22,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
@@ -122,6 +122,20 @@ class TrainedClassifier:
     test: dict[str, Any]  # `evaluate_classifier` on the test split: loss, accuracy, probabilities
 
 
+ConfigT = TypeVar("ConfigT")
+
+
+def without_mirrors(cfg: ConfigT, data: ImageData, run: Run, **off: Any) -> ConfigT:
+    """`cfg` with its options that mirror images (random flips, a mirror average) set to their `off`
+    values on data whose mirror images are not of their class (digits: a mirrored 2 is no digit); the run
+    notes which it turned off."""
+    mirroring = {name: value for name, value in off.items() if getattr(cfg, name) != value}
+    if data.mirror_symmetric or not mirroring:
+        return cfg
+    run.note(f"{', '.join(mirroring)}: no mirrored images on {data.name} (a mirrored image is not one of its class)")
+    return dataclasses.replace(cfg, **mirroring)
+
+
 def train_cnn(cfg: CnnConfig, run: Run, data: ImageData) -> TrainedClassifier:
     """The small CNN trained with Adam on `data` (pixels in [0, 1]): validation held out of the training split
     for the curves, the untouched test split scored once at the end."""
@@ -137,9 +151,7 @@ def train_cnn(cfg: CnnConfig, run: Run, data: ImageData) -> TrainedClassifier:
     model = small_cnn(tuple(cfg.channels), cfg.hidden, len(data.classes), cfg.dropout, *shape).to(run.device)
     model = model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer("adam", model, cfg.lr)
-    flip = cfg.flip and data.mirror_symmetric
-    if cfg.flip and not flip:
-        run.note(f"flip: no random flips on {data.name} (a mirrored image is not one of its class)")
+    flip = without_mirrors(cfg, data, run, flip=False).flip
     step = functools.partial(classification_step, label_smoothing=cfg.label_smoothing, flip=flip,
                              shift=cfg.translate)
     validate = held_out(val_x, val_y, "val", 1024)
