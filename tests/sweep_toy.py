@@ -30,6 +30,25 @@ def make_objective(payload):
     return objective
 
 
+def make_batched_objective(payload):
+    """A batched objective over the grid BATCHED_GRID: trials of one width train together (a sleep each
+    batch), and record how many trained at once and in which process."""
+    def suggest(trial):
+        return {name: trial.suggest_categorical(name, list(choices)) for name, choices in BATCHED_GRID.items()}
+
+    def train(batch):
+        time.sleep(payload.get("sleep", 0.02))
+        for trial, _ in batch:
+            trial.set_user_attr("pid", os.getpid())
+            trial.set_user_attr("trained_at_once", len(batch))
+        return [float(params["width"] * 10 + params["lr"]) for _, params in batch]
+
+    return sweep.BatchedObjective(suggest, lambda params: f"width={params['width']}", train, payload["size"])
+
+
+BATCHED_GRID = {"width": (1, 2, 3), "lr": (1, 2, 3, 4)}
+
+
 def search(folder, n_trials, workers, payload, quiet=False):
     """The toy search the tests run: `n_trials` slots of a journal study in `folder`."""
     return sweep.optimize(make_objective(payload), sweep.Search(n_trials, {"toy": 1}),

@@ -6,6 +6,7 @@ import functools
 
 import optuna
 import pytest
+import sweep_toy
 import torch
 
 from dlclassics import sweep
@@ -188,6 +189,21 @@ def test_an_interrupted_batch_runs_again_on_resume(tmp_path):
     study = sweep.optimize(objective, search, place, quiet=True)
     assert sorted(i for b in batches + again for i in b) == list(range(6))  # nothing lost, nothing twice
     assert [sweep.trial_index(t) for t in sweep.completed_trials(study)] == list(range(6))
+
+
+def test_worker_processes_train_batches_and_fill_every_slot_once(tmp_path):
+    payload = {"size": 4, "sleep": 0.5}
+    study = sweep.optimize(sweep_toy.make_batched_objective(payload),
+                           sweep.Search(12, {"toy": "batched"}, grid=sweep_toy.BATCHED_GRID),
+                           sweep.StudyPlace("workers", tmp_path), workers=2,
+                           worker_objective=sweep.WorkerObjective(sweep_toy.make_batched_objective, payload),
+                           quiet=True)
+    complete = sweep.completed_trials(study)
+    assert [sweep.trial_index(t) for t in complete] == list(range(12))
+    assert len({(t.params["width"], t.params["lr"]) for t in complete}) == 12  # no point trained twice
+    assert all(t.value == t.params["width"] * 10 + t.params["lr"] for t in complete)
+    assert max(t.user_attrs["trained_at_once"] for t in complete) > 1  # groups did train together
+    assert not [t for t in study.get_trials() if t.state in (STATES.RUNNING, STATES.WAITING)]
 
 
 def test_a_search_with_stacked_trials_matches_one_trial_at_a_time(tmp_path):

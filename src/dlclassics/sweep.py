@@ -270,7 +270,8 @@ def _queue_slots(study: optuna.Study, search: Search,
         if index not in held:
             params = tried.get(index, points[index] if index < len(points) else {})
             label = group(params) if group is not None and params else None
-            slots.append((label or "", index, params, {INDEX: index} if label is None else {INDEX: index, GROUP: label}))
+            attributes = {INDEX: index} if label is None else {INDEX: index, GROUP: label}
+            slots.append((label or "", index, params, attributes))
     if group is not None:
         slots.sort(key=lambda slot: slot[:2])
     for _, _, params, attributes in slots:

@@ -65,8 +65,8 @@ DATA_FIELDS = ("seed", "device", "quick", "dataset", "val_fraction", "split_seed
 # The fields a trial's value depends on besides its parameters: what a worker process needs to train it.
 TRIAL_FIELDS = (*DATA_FIELDS, "momentum", "cosine", "label_smoothing", "stack_trials")
 # Trials trained at once on a GPU by default (`stack_trials` 0): a guess, not yet measured on a GPU. On the
-# CPU one at a time: a 2 x 256 MLP step is compute-bound there, and stacking it measured no faster
-# (`benchmarks/bench_trials.py`).
+# CPU one at a time: stacking 4 trials measured 1.2-1.8x faster with 2 threads on a quiet machine, but 0.9x
+# (2 x 256 units) with one thread beside another job (`benchmarks/bench_trials.py`).
 GPU_STACK = 16
 
 
