@@ -10,10 +10,11 @@ import subprocess
 import sys
 
 import pytest
+import run_toy
 from conftest import run_quick
 
 import dlclassics
-from dlclassics import api
+from dlclassics import api, engine
 from dlclassics.cli import main
 from dlclassics.errors import RunError, UsageError
 from dlclassics.runs.folder import INCOMPLETE
@@ -29,6 +30,17 @@ def test_import_dlclassics_does_not_import_torch_and_the_api_comes_on_first_use(
     assert result.returncode == 0, result.stderr
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         dlclassics.nope
+
+
+def test_the_accelerations_asked_for_are_the_runs_and_recorded(toy, tmp_path, monkeypatch):
+    seen = []
+    monkeypatch.setattr(run_toy, "FAIL", lambda: seen.append(engine.run_accelerations()))
+    result = dlclassics.run("toy", out=tmp_path, quiet=True, site=False, capture="off", precision="fp32")
+    chosen = {"capture": "off", "precision": "fp32", "channels_last": "auto"}
+    assert seen == [chosen]
+    assert json.loads((result.folder / "config.json").read_text())["accelerations"] == chosen
+    assert engine.run_accelerations() == {"capture": "auto", "precision": "auto", "channels_last": "auto"}
+    assert result.command[result.command.index("--capture"):][:2] == ["--capture", "off"]
 
 
 def test_run_returns_the_finished_run_as_the_command_leaves_it(toy, tmp_path):

@@ -8,6 +8,7 @@ compiles nothing), its eager fallback, and that the CPU path stays the plain one
 
 import importlib.util
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -138,6 +139,27 @@ def test_accelerations_are_chosen_for_cuda_and_left_off_on_the_cpu(monkeypatch):
     assert chosen(_conv_net(), cuda).autocast is None  # no native bf16: float32
     with pytest.raises(RunError, match="unknown precision 'fp16'"):
         chosen(net, cpu, precision="fp16")
+
+
+def test_the_runs_choices_decide_what_a_fit_leaves_to_auto_and_end_with_the_run(monkeypatch):
+    """`dlclassics run --capture off --precision fp32 --channels-last off` is engine.accelerations: every
+    fit of the run (and of the processes it starts, through the environment) takes them where its caller
+    left "auto"; an explicit setting of the caller still wins; afterwards the previous choices are back."""
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
+    monkeypatch.delenv(engine.ACCELERATION_ENV["capture"], raising=False)
+    cuda, long = torch.device("cuda"), engine.CAPTURE_MIN_STEPS
+    with engine.accelerations(capture="off", precision="fp32", channels_last="off"):
+        assert os.environ[engine.ACCELERATION_ENV["capture"]] == "off"  # what spawned workers inherit
+        assert choose_acceleration(_conv_net(), cuda, steps=long) == Acceleration(False, None, False)
+        assert choose_acceleration(_conv_net(), cuda, steps=long, capture=True, precision="bf16",
+                                   channels_last=True) == Acceleration(True, torch.bfloat16, True)
+    assert engine.ACCELERATION_ENV["capture"] not in os.environ
+    assert choose_acceleration(_conv_net(), cuda, steps=long) == Acceleration(True, torch.bfloat16, True)
+    with engine.accelerations(capture="on"):
+        assert choose_acceleration(mlp(4, [3], 2), cuda, steps=10).capture  # even a short fit
+    monkeypatch.setenv(engine.ACCELERATION_ENV["precision"], "fp16")
+    with pytest.raises(RunError, match="DLCLASSICS_PRECISION='fp16' is not a choice of --precision"):
+        choose_acceleration(mlp(4, [3], 2), cuda, steps=10)
 
 
 def _fit_small(epochs=2, **options):

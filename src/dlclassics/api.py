@@ -47,7 +47,8 @@ def run(experiment: str, *, epochs: int | None = None, device: str = "auto", dat
         mlflow: str | None = None, from_run: str | Path | None = None, resume: bool | str | Path = False,
         config: str | Path | None = None, weights: str | None = None, unverified: bool = False,
         carve_test: float = 0.0, workers: int = 1, storage: str | None = None, study: str | None = None,
-        threads: int | None = None, quiet: bool = False, site: bool = True, **options: Any) -> Result | None:
+        threads: int | None = None, capture: str = "auto", precision: str = "auto", channels_last: str = "auto",
+        quiet: bool = False, site: bool = True, **options: Any) -> Result | None:
     """Run `experiment` here as `dlclassics run` would, and return the finished run.
 
     The keyword arguments are the command's flags (`from_run=` is `--from-run`, `resume=True` is a bare
@@ -63,7 +64,8 @@ def run(experiment: str, *, epochs: int | None = None, device: str = "auto", dat
     flags = {"epochs": epochs, "device": device, "data_dir": data_dir, "quick": quick, "recipe": recipe, "out": out,
              "log": log, "mlflow": mlflow, "from_run": from_run, "resume": resume, "config": config,
              "weights": weights, "unverified": unverified, "carve_test": carve_test, "workers": workers,
-             "storage": storage, "study": study, "threads": threads, "quiet": quiet, "no_site": not site}
+             "storage": storage, "study": study, "threads": threads, "capture": capture, "precision": precision,
+             "channels_last": channels_last, "quiet": quiet, "no_site": not site}
     with cli.terminate_as_interrupt(), one_line_os_errors(), figures_offscreen():
         request = cli.run_request(cli.parse(command_words(experiment, flags, options)))
         report = run_prepared(prepare(dataclasses.replace(request, notebook=in_notebook())))

@@ -76,6 +76,12 @@ def build_parser() -> argparse.ArgumentParser:
                      help="train on N local processes with DistributedDataParallel (under torchrun, leave it out)")
     run.add_argument("--threads", type=bounded_int(1, MAX_PROCESSES), metavar="N",
                      help="torch threads per process (default: the cores divided by the local processes)")
+    run.add_argument("--capture", choices=("auto", "on", "off"), default="auto",
+                     help="capture the training step as CUDA graphs (auto: fits of 5,000+ steps on CUDA; off: eager)")
+    run.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
+                     help="autocast of the training step on CUDA (auto: bf16 for conv nets; fp32: none)")
+    run.add_argument("--channels-last", choices=("auto", "on", "off"), default="auto",
+                     help="conv nets' weights in NHWC layout on CUDA (auto: on for conv nets; off: as built)")
     run.add_argument("--storage", help="Optuna database URL shared by workers on many machines")
     run.add_argument("--study", metavar="NAME",
                      help="join this existing study in --storage (the name another run printed and recorded) "
@@ -197,7 +203,8 @@ def run_request(args: argparse.Namespace) -> RunRequest:
         options=shortcuts, assignments=args.set, data_dir=args.data_dir, carve_test=args.carve_test,
         unverified=args.unverified, out=args.out, resume=args.resume, workers=args.workers, nproc=args.nproc,
         threads=args.threads, storage=args.storage, study=args.study, from_run=args.from_run, quiet=args.quiet,
-        log=args.log, mlflow=args.mlflow, argv=args.argv)
+        log=args.log, mlflow=args.mlflow, argv=args.argv,
+        accelerations={"capture": args.capture, "precision": args.precision, "channels_last": args.channels_last})
 
 
 def run_command(args: argparse.Namespace) -> int:

@@ -16,10 +16,12 @@ and used in eval mode; it lives in the model's state dict, so `fit`'s checkpoint
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import functools
 import math
+import os
 import random
 import sys
 import time
@@ -415,6 +417,46 @@ PRECISIONS = ("auto", "bf16", "fp32")
 CAPTURE_MIN_STEPS = 5000
 
 
+# The run's choices (`dlclassics run --capture/--precision/--channels-last`), which every fit of the process
+# takes where its caller left a setting to "auto". They live in environment variables so that the processes
+# a run starts (search workers, --nproc ranks) inherit them with the rest of its environment.
+ACCELERATION_ENV = {"capture": "DLCLASSICS_CAPTURE", "precision": "DLCLASSICS_PRECISION",
+                    "channels_last": "DLCLASSICS_CHANNELS_LAST"}
+ACCELERATION_CHOICES = {"capture": ("auto", "on", "off"), "precision": PRECISIONS,
+                        "channels_last": ("auto", "on", "off")}
+SWITCHES: dict[str, bool | None] = {"auto": None, "on": True, "off": False}
+
+
+def run_accelerations() -> dict[str, str]:
+    """The run's choices of capture, precision and channels_last ("auto" where it made none)."""
+    choices = {}
+    for name, variable in ACCELERATION_ENV.items():
+        choices[name] = os.environ.get(variable, "auto")
+        if choices[name] not in ACCELERATION_CHOICES[name]:
+            raise RunError(f"{variable}={choices[name]!r} is not a choice of --{name.replace('_', '-')}; use "
+                           f"{', '.join(ACCELERATION_CHOICES[name])}")
+    return choices
+
+
+@contextlib.contextmanager
+def accelerations(**choices: str) -> Iterator[None]:
+    """Within: every fit in this process (and in the processes it starts) uses `choices` (capture, precision,
+    channels_last: see ACCELERATION_CHOICES) where its caller says "auto"; afterwards the previous ones."""
+    previous = {variable: os.environ.get(variable) for variable in ACCELERATION_ENV.values()}
+    try:
+        for name, choice in choices.items():
+            if choice not in ACCELERATION_CHOICES[name]:
+                raise RunError(f"unknown {name} '{choice}'; use {', '.join(ACCELERATION_CHOICES[name])}")
+            os.environ[ACCELERATION_ENV[name]] = choice
+        yield
+    finally:
+        for variable, value in previous.items():
+            if value is None:
+                os.environ.pop(variable, None)
+            else:
+                os.environ[variable] = value
+
+
 def is_conv_net(model: nn.Module) -> bool:
     return any(isinstance(module, nn.Conv2d) for module in model.modules())
 
@@ -424,6 +466,7 @@ def choose_acceleration(model: nn.Module, device: torch.device, *, steps: int, c
                         processes: int = 1) -> Acceleration:
     """The accelerations `fit` uses for `model` on `device` for `steps` full-batch steps (all its epochs,
     so that a resumed fit chooses what the uninterrupted one chose); on anything but CUDA the plain step.
+    A setting left to None or "auto" is the run's choice (`accelerations`), and where that is "auto" too:
 
     - capture: None means on for CUDA in a single process and a fit of at least CAPTURE_MIN_STEPS steps
       (a small network's GPU step is launch-bound: one CUDA-graph replay instead of dozens of kernel
@@ -438,6 +481,10 @@ def choose_acceleration(model: nn.Module, device: torch.device, *, steps: int, c
     """
     if precision not in PRECISIONS:
         raise RunError(f"unknown precision '{precision}'; use {', '.join(PRECISIONS)}")
+    chosen = run_accelerations()
+    capture = capture if capture is not None else SWITCHES[chosen["capture"]]
+    precision = precision if precision != "auto" else chosen["precision"]
+    channels_last = channels_last if channels_last is not None else SWITCHES[chosen["channels_last"]]
     on_cuda, conv = device.type == "cuda", is_conv_net(model)
     wants_capture = capture if capture is not None else on_cuda and steps >= CAPTURE_MIN_STEPS
     bf16 = on_cuda and (precision == "bf16" or (precision == "auto" and conv and

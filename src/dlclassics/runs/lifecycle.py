@@ -63,7 +63,7 @@ def config_record(run: Run) -> dict[str, Any]:
     return {"experiment": run.experiment, "run_id": run.run_id, **settings(run), "package_version": __version__,
             "git_commit": git_commit(), "machine": machine(), "device": str(run.device),
             "device_requested": run.config.device, "command": run.command, "data": run.data_used,
-            "headline": run.headline, "threads": run.threads,
+            "headline": run.headline, "threads": run.threads, "accelerations": run.accelerations,
             "world_size": run.world_size,  # how it ran, not what decides its numbers
             "started": run.parts[0]["started"], "parts": run.parts}
 

@@ -21,7 +21,7 @@ import torch
 
 from dlclassics import distributed, registry
 from dlclassics.config import load_toml, parse_assignments, resolve
-from dlclassics.engine import resolve_device, seed_everything
+from dlclassics.engine import accelerations, resolve_device, run_accelerations, seed_everything
 from dlclassics.errors import LostResource, RunError, UsageError
 from dlclassics.runs.contract import FinishedRun, read_finished_run
 from dlclassics.runs.folder import (
@@ -66,6 +66,7 @@ class RunRequest:
     log: str | None = None  # --log tensorboard
     mlflow: str | None = None  # --mlflow URI
     notebook: bool = False  # progress as tqdm.auto bars (`dlclassics.run` sets it in a Jupyter kernel)
+    accelerations: dict[str, str] = dataclasses.field(default_factory=dict)  # --capture, --precision, --channels-last
     argv: list[str] = dataclasses.field(default_factory=list)  # what --nproc hands to each process; resume repeats it
 
 
@@ -135,24 +136,25 @@ def launches_processes(prepared: Prepared) -> bool:
 def run_prepared(prepared: Prepared) -> Path | None:
     """Run the experiment in this process, or as one rank of a process group (--nproc, torchrun): rank 0
     records the run in its folder and returns its report; the other ranks run it in a scratch copy of
-    that folder and return None."""
+    that folder and return None. Every fit in it takes the request's accelerations (engine.accelerations)."""
     request, place = prepared.request, prepared.place
     threads = distributed.use_threads(place.local_world_size if place else 1, request.threads)
     device = resolve_device(prepared.config.device)
     hint = distributed.busy_machine_hint(threads, request.threads) if place is None or place.rank == 0 else None
-    if place is None:
-        return execute(prepared.module, new_run(prepared, device, threads), hint)
-    with distributed.process_group(place, device) as device:
-        if place.rank == 0:
-            run = new_run(prepared, device, threads)
-            distributed.send_run_folder(run.dir, run.resume)
-            return execute(prepared.module, run, hint)
-        try:
-            with distributed.scratch_run_folder() as (folder, resume):
-                work(prepared.module, run_record(prepared, device, threads, folder, resume))
-        except KeyboardInterrupt:  # rank 0 says how to resume
-            raise RunError("interrupted") from None
-        return None
+    with accelerations(**request.accelerations):
+        if place is None:
+            return execute(prepared.module, new_run(prepared, device, threads), hint)
+        with distributed.process_group(place, device) as device:
+            if place.rank == 0:
+                run = new_run(prepared, device, threads)
+                distributed.send_run_folder(run.dir, run.resume)
+                return execute(prepared.module, run, hint)
+            try:
+                with distributed.scratch_run_folder() as (folder, resume):
+                    work(prepared.module, run_record(prepared, device, threads, folder, resume))
+            except KeyboardInterrupt:  # rank 0 says how to resume
+                raise RunError("interrupted") from None
+            return None
 
 
 def new_run(prepared: Prepared, device: torch.device, threads: int) -> Run:
@@ -184,7 +186,7 @@ def run_record(prepared: Prepared, device: torch.device, threads: int, folder: P
                storage=request.storage, from_run=prepared.from_run, log=request.log, mlflow=request.mlflow,
                notebook=request.notebook,
                study=study_of(prepared.module, request, folder, resume), threads=threads,
-               headline=getattr(prepared.module, "HEADLINE", None),
+               headline=getattr(prepared.module, "HEADLINE", None), accelerations=run_accelerations(),
                world_size=distributed.world_size())
 
 

@@ -72,6 +72,7 @@ class Run:
     epochs_started: int = 0  # epochs of the run's trainings so far: the trackers' steps of the next one follow
     threads: int = dataclasses.field(default_factory=torch.get_num_threads)  # intra-op threads per process
     world_size: int = 1  # processes training together (DistributedDataParallel)
+    accelerations: dict[str, str] = dataclasses.field(default_factory=dict)  # --capture, --precision, --channels-last
     generator: torch.Generator = dataclasses.field(default_factory=torch.Generator)  # seeded with the run
     notes: list[str] = dataclasses.field(default_factory=list)
     figures: list[tuple[str, str]] = dataclasses.field(default_factory=list)
