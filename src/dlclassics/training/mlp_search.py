@@ -11,7 +11,9 @@ fashion-mlp-enhanced trains it as its baseline.
 
 The search runs on the run's study (`training.search.search_on_run`): in this process on the data
 already loaded, and in worker processes (`--workers N`) from a `TrialSetup` (the config values, the
-space and where the data is), each loading the data once.
+space and where the data is), each loading the data once. Trials that differ only in learning rate and
+L2 can train at once as one stacked network (`train_stacked`, `stack_trials`): on a GPU one small trial
+leaves the device idle.
 """
 
 from __future__ import annotations
