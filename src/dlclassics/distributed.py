@@ -218,6 +218,9 @@ def process_group(place: Placement, device: torch.device) -> Iterator[torch.devi
                        f"{os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')}: {first_line}") from None
     try:
         yield device
+        # Leave together: a rank tearing gloo down while its peer's last messages are still in flight can
+        # abort in C++ ("terminate called without an active exception"; seen once on a busy 2-core machine).
+        dist.barrier()
     except Exception as exc:
         raise lost_group(exc) or exc
     finally:
