@@ -2,15 +2,19 @@
 
 Every experiment's `Config` subclasses `BaseConfig`. Values arrive as defaults, a recipe preset,
 a TOML file and `--set key=value` strings; all of them go through `resolve`, which coerces to the
-field's type and validates in one place, without side effects.
+field's type and validates in one place, without side effects. `environment` sets environment
+variables (the settings a process hands to the processes it starts) for a block.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
+import os
 import tomllib
 import typing
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -219,3 +223,18 @@ def describe(cls: type) -> list[tuple[str, str, Any, str, str]]:
     return [(f.name, getattr(kinds[f.name], "__name__", str(kinds[f.name])), f.default,
              "true or false" if kinds[f.name] is bool else valid_values(f.metadata), f.metadata.get("help", ""))
             for f in dataclasses.fields(cls)]
+
+
+@contextlib.contextmanager
+def environment(values: Mapping[str, str]) -> Iterator[None]:
+    """Within: the environment variables `values` set; afterwards each as it was (or unset again)."""
+    before = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from dlclassics.config import environment
 from dlclassics.data.augment import flip_and_translate
 from dlclassics.distributed import DataParallel, Step, world_size
 from dlclassics.errors import RunError
@@ -442,19 +443,9 @@ def run_accelerations() -> dict[str, str]:
 def accelerations(**choices: str) -> Iterator[None]:
     """Within: every fit in this process (and in the processes it starts) uses `choices` (capture, precision,
     channels_last: see ACCELERATION_CHOICES) where its caller says "auto"; afterwards the previous ones."""
-    previous = {variable: os.environ.get(variable) for variable in ACCELERATION_ENV.values()}
-    try:
-        for name, choice in choices.items():
-            if choice not in ACCELERATION_CHOICES[name]:
-                raise RunError(f"unknown {name} '{choice}'; use {', '.join(ACCELERATION_CHOICES[name])}")
-            os.environ[ACCELERATION_ENV[name]] = choice
+    with environment({ACCELERATION_ENV[name]: choice for name, choice in choices.items()}):
+        run_accelerations()  # a bad choice is refused here, before any fit
         yield
-    finally:
-        for variable, value in previous.items():
-            if value is None:
-                os.environ.pop(variable, None)
-            else:
-                os.environ[variable] = value
 
 
 def is_conv_net(model: nn.Module) -> bool:

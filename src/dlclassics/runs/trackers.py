@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-import os
 import re
 import sys
 import time
@@ -25,6 +24,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
+from dlclassics.config import environment
 from dlclassics.errors import UsageError
 from dlclassics.sweep import masked_url
 
@@ -174,21 +174,11 @@ def store_errors(uri: str) -> Iterator[None]:
                          "or check the URI") from None
 
 
-@contextlib.contextmanager
-def quick_http_answers() -> Iterator[None]:
+def quick_http_answers() -> contextlib.AbstractContextManager[None]:
     """Within: MLflow's HTTP requests are tried once, for MLFLOW_CHECK_TIMEOUT_S at most (its own default
     retries for minutes), so an unreachable server is an error at once."""
-    wanted = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": str(MLFLOW_CHECK_TIMEOUT_S)}
-    before = {name: os.environ.get(name) for name in wanted}
-    os.environ.update(wanted)
-    try:
-        yield
-    finally:
-        for name, value in before.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+    return environment({"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
+                        "MLFLOW_HTTP_REQUEST_TIMEOUT": str(MLFLOW_CHECK_TIMEOUT_S)})
 
 
 def loggable(value: Any) -> bool | int | float | str:
