@@ -22,25 +22,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from bench_gpu import fashion_images  # the same images, or random ones where the data is absent
 
-from dlclassics.data.images import load_images
 from dlclassics.engine import evaluate_classifier, flat_parameters, resolve_device
-from dlclassics.errors import RunError, UsageError
 from dlclassics.training import mlp_search
 
 
 def training_data(rows: int, device: torch.device) -> dict[str, torch.Tensor]:
     """fashion-mlp's train and validation split (`pixel/255 - 0.5`), or random images of that shape."""
-    cfg = mlp_search.FashionMlpConfig(limit=rows)
-    try:
-        data = mlp_search.prepared_data(cfg, load_images("fashion-mnist"), device)
-    except (RunError, UsageError) as exc:
-        print(f"bench_trials: Fashion-MNIST is not available ({exc}); random images of its shape", file=sys.stderr)
-        generator = torch.Generator().manual_seed(0)
-        x, y = torch.rand(rows, 784, generator=generator) - 0.5, torch.randint(0, 10, (rows,), generator=generator)
-        cut = rows * 4 // 5
-        data = {"train_x": x[:cut], "train_y": y[:cut], "val_x": x[cut:], "val_y": y[cut:]}
-    return {name: data[name].to(device) for name in ("train_x", "train_y", "val_x", "val_y")}
+    x, y = fashion_images(rows, device)
+    cfg = mlp_search.FashionMlpConfig()
+    train, val = mlp_search.train_val_split(len(x), cfg.val_fraction, cfg.split_seed)
+    return {"train_x": x[train], "train_y": y[train], "val_x": x[val], "val_y": y[val]}
 
 
 def configurations(trials: int, units: int, epochs: int) -> list[dict[str, Any]]:
