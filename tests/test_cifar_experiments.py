@@ -172,6 +172,9 @@ def test_the_lenet_step_mirrors_about_half_of_a_batch():
 def test_seed_recipe_builds_the_source_networks(data_dir, tmp_path):
     folder = run_quick("cifar-cnn", data_dir, tmp_path / "runs", "--recipe", "seed")
     assert (folder / "model.pt").is_file()
+    metrics = _metrics(folder)  # without test-time augmentation, validation with it is the last epoch's
+    assert metrics["val_accuracy_with_tta"] == metrics["val_accuracy"]
+    assert metrics["test_accuracy_without_tta"] == metrics["test_accuracy"]
     network = cifar_cnn.source_cnn(200, 8, 10)
     assert network[-1].in_features == 200 * 3 * 3  # the source's M * floor((33 - 5) / 8) ** 2
     assert network(torch.zeros(2, 3, 32, 32)).shape == (2, 10)

@@ -272,15 +272,17 @@ def run(cfg: Config, run: Run) -> dict[str, Any]:
     augmented = TEST_TIME_AUGMENTATIONS[cfg.tta](model)
     test = evaluate_classifier(augmented, split.test_x, split.test_y, EVALUATION_BATCH)
     plain = evaluate_classifier(model, split.test_x, split.test_y, EVALUATION_BATCH) if cfg.tta != "none" else test
-    val = evaluate_classifier(augmented, split.val_x, split.val_y, EVALUATION_BATCH)  # to choose the augmentation on
+    final = result.history[-1]
+    # Validation with the augmentation, to choose it on; without one, that is the last epoch's validation.
+    val_with_tta = (evaluate_classifier(augmented, split.val_x, split.val_y, EVALUATION_BATCH)["accuracy"]
+                    if cfg.tta != "none" else final["val_accuracy"])
     save_figures(run, result.history, test["probabilities"].argmax(1), split.test_y, data.classes)
     if cfg.net == "source":
         run.note("The source's validation loader iterated the training set; validation here is the held-out split.")
     images_per_s = epochs_trained * len(split.train_x) / max(train_time, 1e-9)
-    final = result.history[-1]
     return {"test_accuracy": test["accuracy"], "test_accuracy_without_tta": plain["accuracy"],
             "test_loss": test["loss"], "val_accuracy": final["val_accuracy"],
-            "val_accuracy_with_tta": val["accuracy"], "train_loss": final["train_loss"],
+            "val_accuracy_with_tta": val_with_tta, "train_loss": final["train_loss"],
             "train_time_s": round(train_time, 2), "train_images_per_s": round(images_per_s, 1),
             "train_gflop_per_image": round(flops / 1e9, 4),
             "train_gflop_per_s": round(flops * images_per_s / 1e9, 2),
