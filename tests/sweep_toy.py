@@ -32,11 +32,16 @@ def make_objective(payload):
 
 def make_batched_objective(payload):
     """A batched objective over the grid BATCHED_GRID: trials of one width train together (a sleep each
-    batch), and record how many trained at once and in which process."""
+    batch), and record how many trained at once and in which process; `die_at` kills the process of the
+    batch holding that slot, once."""
     def suggest(trial):
         return {name: trial.suggest_categorical(name, list(choices)) for name, choices in BATCHED_GRID.items()}
 
     def train(batch):
+        if any(sweep.trial_index(trial) == payload.get("die_at") for trial, _ in batch) \
+                and not Path(payload["marker"]).exists():
+            Path(payload["marker"]).touch()
+            os.kill(os.getpid(), signal.SIGKILL)  # the whole batch's process dies, as kill -9 would
         time.sleep(payload.get("sleep", 0.02))
         for trial, _ in batch:
             trial.set_user_attr("pid", os.getpid())

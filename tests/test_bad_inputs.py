@@ -159,6 +159,11 @@ ROWS = [
     row("victim-config-list", lambda i: i.victim([1, 2]), 2, "not a table of options"),
     row("victim-carve-abc", lambda i: i.victim({"dataset": "mnist"}, {"carve_test": "abc"}), 2,
         "carve_test = 'abc', not a fraction"),
+    row("precision-fp16", lambda i: ["toy", "--precision", "fp16"], 2,
+        "argument --precision: invalid choice: 'fp16'"),
+    row("capture-yes", lambda i: ["toy", "--capture", "yes"], 2, "argument --capture: invalid choice: 'yes'"),
+    row("stack-trials-negative", lambda i: ["fashion-mlp", "--quick", "--set", "stack_trials=-1"], 2,
+        "option 'stack_trials' must be >= 0"),
     # ---- own data too small to train on
     row("own-3-images-carved-1e-9", lambda i: [*i.tiny_images(3), "--carve-test", "1e-9"], 1,
         "leaves an empty test split"),

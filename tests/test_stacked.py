@@ -206,6 +206,21 @@ def test_worker_processes_train_batches_and_fill_every_slot_once(tmp_path):
     assert not [t for t in study.get_trials() if t.state in (STATES.RUNNING, STATES.WAITING)]
 
 
+def test_a_worker_killed_in_a_batch_leaves_its_slots_to_run_again(tmp_path, capsys):
+    payload = {"size": 4, "sleep": 0.3, "die_at": 5, "marker": str(tmp_path / "killed")}
+    study = sweep.optimize(sweep_toy.make_batched_objective(payload),
+                           sweep.Search(12, {"toy": "batched"}, grid=sweep_toy.BATCHED_GRID),
+                           sweep.StudyPlace("killed", tmp_path / "study"), workers=2,
+                           worker_objective=sweep.WorkerObjective(sweep_toy.make_batched_objective, payload),
+                           quiet=True)
+    assert (tmp_path / "killed").exists()  # a worker really died by SIGKILL inside a batch
+    complete = sweep.completed_trials(study)
+    assert [sweep.trial_index(t) for t in complete] == list(range(12))  # nothing lost, nothing twice
+    assert 5 in {sweep.trial_index(t) for t in study.get_trials() if t.state == STATES.FAIL}
+    assert not [t for t in study.get_trials() if t.state in (STATES.RUNNING, STATES.WAITING)]
+    assert "exit codes [-9]" in capsys.readouterr().err
+
+
 def test_a_search_with_stacked_trials_matches_one_trial_at_a_time(tmp_path):
     """fashion-mlp's objective, stacking 4 trials or none: the same validation accuracies."""
     x, y = _tiny_data(200)
